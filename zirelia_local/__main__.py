@@ -1,0 +1,3 @@
+from zirelia_local.cli import main
+
+raise SystemExit(main())

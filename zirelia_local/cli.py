@@ -1,0 +1,199 @@
+"""`zirelia`: one subcommand per stage. Thin: parse arguments, load the config, call the stage."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from zirelia_local import __version__
+from zirelia_local.errors import ConfigError, ZireliaError
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Our messages through rich; the libraries' own progress bars and chatter kept quiet."""
+    from rich.logging import RichHandler
+
+    from zirelia_local.console import console
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+        force=True,
+    )
+    for name in ("diffusers", "transformers", "accelerate", "huggingface_hub", "PIL", "matplotlib", "urllib3"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import diffusers.utils.logging as diffusers_logging
+        import transformers.utils.logging as transformers_logging
+
+        diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def run_guarded(action: Callable[[], int | None]) -> int:
+    """Run a command: user-facing errors become a message and an exit code, never a traceback."""
+    from zirelia_local.console import console
+
+    try:
+        code = action()
+    except ZireliaError as error:
+        label = "config error" if isinstance(error, ConfigError) else "error"
+        console.print(f"[bold red]{label}:[/bold red] {error.message}", markup=True, highlight=False)
+        if error.hint:
+            console.print(f"[cyan]hint:[/cyan] {error.hint}", highlight=False)
+        return error.exit_code
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: everything finished so far is saved; rerun to resume")
+        return 130
+    return int(code or 0)
+
+
+def _add_common(parser: argparse.ArgumentParser, *, config_required: bool = True) -> None:
+    if config_required:
+        parser.add_argument("config", type=Path, help="the run's TOML config, e.g. configs/sienna.toml")
+    else:
+        parser.add_argument("config", type=Path, nargs="?", help="the run's TOML config (optional)")
+    parser.add_argument(
+        "--run-dir", type=Path, default=None, help="run directory (default: [run] dir or runs/<trigger_word>)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs of zirelia and the libraries")
+
+
+def _load(args: argparse.Namespace):
+    from zirelia_local.config import load_config
+
+    return load_config(args.config, run_dir=args.run_dir)
+
+
+def _locked(args: argparse.Namespace, stage: Callable) -> int | None:
+    from zirelia_local.rundir import run_lock
+
+    config = _load(args)
+    with run_lock(config.run_dir):
+        return stage(config, args)
+
+
+def _cmd_dataset(config, args) -> int:
+    from zirelia_local.dataset import run_dataset
+
+    run_dataset(config)
+    return 0
+
+
+def _cmd_caption(config, args) -> int:
+    from zirelia_local.captions import write_training_set
+    from zirelia_local.console import info
+
+    training_set = write_training_set(config, config.run_dir)
+    info(f"{len(training_set.image_ids)} captioned image(s) in {training_set.folder}; {training_set.dataset_toml}")
+    return 0
+
+
+def _cmd_curate(config, args) -> int:
+    from zirelia_local.curate import run_curate
+
+    run_curate(config, images_dir=args.images)
+    return 0
+
+
+def _cmd_train(config, args) -> int:
+    from zirelia_local.training import run_training
+
+    run_training(config, dry_run=args.dry_run)
+    return 0
+
+
+def _cmd_critic(config, args) -> int:
+    from zirelia_local.critic import run_critic
+
+    run_critic(config)
+    return 0
+
+
+def _cmd_report(config, args) -> int:
+    from zirelia_local.console import info
+    from zirelia_local.report import write_report
+
+    info(f"report: {write_report(config)}")
+    return 0
+
+
+def _cmd_run(config, args) -> int:
+    from zirelia_local.pipeline import run_pipeline
+
+    run_pipeline(config)
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from zirelia_local.doctor import run_doctor
+
+    config = _load(args) if args.config is not None else None
+    return run_doctor(config)
+
+
+def _cmd_config_reference(args: argparse.Namespace) -> int:
+    from zirelia_local.config_reference import config_reference_markdown
+
+    sys.stdout.write(config_reference_markdown())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zirelia",
+        description="Turn a written persona into a FLUX LoRA that draws the same face every time.",
+    )
+    parser.add_argument("--version", action="version", version=f"zirelia-local {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def stage(name: str, help_text: str, handler: Callable) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        _add_common(command)
+        command.set_defaults(action=lambda args: _locked(args, handler))
+        return command
+
+    stage("run", "run the whole pipeline (same as python -m zirelia_local.train)", _cmd_run)
+    stage("dataset", "plan the dataset, generate the images, write captions", _cmd_dataset)
+    curate = stage("curate", "keep the one consistent identity, top up to the target count", _cmd_curate)
+    curate.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="curate this folder of existing images instead of the generated set (no top-up)",
+    )
+    stage("caption", "rewrite train_data/, dataset.toml and sample_prompts.txt from the manifest", _cmd_caption)
+    train = stage("train", "train the LoRA (kohya sd-scripts or the diffusers backend)", _cmd_train)
+    train.add_argument("--dry-run", action="store_true", help="print the training command and exit")
+    stage("critic", "score every saved epoch, retry failures, pick the best", _cmd_critic)
+    stage("report", "write the HTML report of the run", _cmd_report)
+
+    doctor = sub.add_parser(
+        "doctor", help="check what a run needs on this machine", description="check what a run needs"
+    )
+    _add_common(doctor, config_required=False)
+    doctor.set_defaults(action=_cmd_doctor)
+    reference = sub.add_parser("config-reference", help="print the config reference (Markdown)")
+    reference.set_defaults(action=_cmd_config_reference, verbose=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(getattr(args, "verbose", False))
+    return run_guarded(lambda: args.action(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

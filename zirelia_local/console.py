@@ -1,0 +1,82 @@
+"""Terminal output: one rich console on stderr, and a progress bar for long work."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+console = Console(stderr=True, highlight=False)
+
+
+def info(message: str) -> None:
+    console.print(message)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/yellow] {message}")
+
+
+class Advance(Protocol):
+    def __call__(self, amount: float = 1, *, status: str | None = None) -> None: ...
+
+
+class RateColumn(ProgressColumn):
+    """Items per second (or seconds per item when slower than one a second), as the unit names them."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        if not speed:
+            return Text(f"-- {self.unit}/s", style="progress.data.speed")
+        if speed >= 1:
+            return Text(f"{speed:.2f} {self.unit}/s", style="progress.data.speed")
+        return Text(f"{1 / speed:.1f} s/{self.unit}", style="progress.data.speed")
+
+
+@contextmanager
+def progress_bar(description: str, total: float | None, unit: str = "it") -> Iterator[Advance]:
+    """A bar with count, rate, elapsed and remaining time; `advance(n, status=...)` moves it.
+
+    Disabled (silent) when ZIRELIA_NO_PROGRESS is set, e.g. in logs of batch jobs.
+    """
+    disabled = bool(os.environ.get("ZIRELIA_NO_PROGRESS"))
+    columns = [
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(unit),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+    ]
+    with Progress(*columns, console=console, disable=disabled, transient=False) as progress:
+        task = progress.add_task(description, total=total, status="")
+
+        def advance(amount: float = 1, *, status: str | None = None) -> None:
+            if status is None:
+                progress.advance(task, amount)
+            else:
+                progress.update(task, advance=amount, status=status)
+
+        yield advance

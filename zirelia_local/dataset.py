@@ -1,0 +1,57 @@
+"""The dataset stage: plan -> generate -> captions, all under the run directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from zirelia_local.captions import TrainingSet, write_training_set
+from zirelia_local.config import ZireliaConfig
+from zirelia_local.console import info
+from zirelia_local.files import write_jsonl
+from zirelia_local.generate import GenerationResult, generate_images
+from zirelia_local.manifest import Manifest
+from zirelia_local.plan import PLAN_NAME, plan_images
+from zirelia_local.rundir import prepare_run_dir
+
+
+@dataclass
+class DatasetResult:
+    run_dir: Path
+    planned: int
+    generation: GenerationResult
+    training_set: TrainingSet
+
+
+def run_dataset(config: ZireliaConfig) -> DatasetResult:
+    """Plan the dataset, generate what is missing, and write captions + sd-scripts files."""
+    run_dir = prepare_run_dir(config)
+    entries = plan_images(config.persona, config.dataset)
+    manifest = Manifest(run_dir)
+    # Keep entries that earlier top-up rounds added beyond the first `count`.
+    extra = [r for r in manifest if r.get("index", 0) >= config.dataset.count]
+    plan_records = [e.to_record() for e in entries]
+    if extra:
+        extra_entries = plan_images(
+            config.persona,
+            config.dataset,
+            start=config.dataset.count,
+            count=max(r["index"] for r in extra) + 1 - config.dataset.count,
+        )
+        plan_records += [e.to_record() for e in extra_entries]
+    write_jsonl(run_dir / PLAN_NAME, plan_records)
+
+    result = generate_images(config, run_dir, entries, manifest)
+    if result.generated:
+        info(
+            f"generated {len(result.generated)} image(s) in {result.seconds:.1f} s "
+            f"({result.images_per_second:.2f} img/s); {len(result.skipped)} already done"
+        )
+    else:
+        info(f"all {len(result.skipped)} planned image(s) already generated and verified")
+    training_set = write_training_set(config, run_dir)
+    info(
+        f"captions: {len(training_set.image_ids)} image(s) in {training_set.folder}, "
+        f"{training_set.dataset_toml.name}, {training_set.sample_prompts.name}"
+    )
+    return DatasetResult(run_dir=run_dir, planned=len(entries), generation=result, training_set=training_set)

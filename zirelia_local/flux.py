@@ -1,0 +1,240 @@
+"""Loading a diffusers `FluxPipeline` the way a given card can hold it.
+
+Shared by generation, the critic and the diffusers training backend, so the model is loaded one way
+everywhere: `from_pretrained` (hub id, local folder or the built-in tiny model), a dtype, a device from
+accelerate, then one memory mode (all on the GPU, model offload, sequential offload) and optionally a
+quantized or fp8-stored transformer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zirelia_local.config import GeneratorConfig
+from zirelia_local.errors import ConfigError, ZireliaError
+from zirelia_local.tiny_flux import is_builtin, resolve_builtin
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import FluxPipeline
+
+logger = logging.getLogger(__name__)
+
+GIB = 1024**3
+FLUX_DEV_LICENSE_URL = "https://huggingface.co/black-forest-labs/FLUX.1-dev"
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` takes accelerate's choice (CUDA, then MPS, then CPU); an explicit device must exist."""
+    import torch
+
+    if spec == "auto":
+        from accelerate import PartialState
+
+        return PartialState().device
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ZireliaError(
+                f"the config asks for device {spec!r} but this PyTorch sees no CUDA GPU "
+                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})",
+                hint="install a CUDA build of PyTorch that matches your driver (pytorch.org/get-started), "
+                'check `nvidia-smi`, or set device = "cpu" / "auto" in [generator]',
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ZireliaError(
+                f"the config asks for {spec!r} but only {torch.cuda.device_count()} CUDA device(s) are visible",
+                hint="use cuda:0 .. cuda:N-1, or check CUDA_VISIBLE_DEVICES",
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ZireliaError("the config asks for device 'mps' but MPS is not available", hint='set device = "auto"')
+    return device
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """`auto`: bfloat16 on CUDA (float16 on cards without bf16), float32 elsewhere."""
+    import torch
+
+    if spec != "auto":
+        return getattr(torch, spec)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    memory: str
+    quantization: str
+    reason: str
+
+
+def gpu_total_memory(device: torch.device) -> int | None:
+    import torch
+
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device.index or 0).total_memory
+
+
+def plan_memory(gen: GeneratorConfig, device: torch.device, *, total_memory: int | None = None) -> MemoryPlan:
+    """Resolve `memory` / `quantization` = auto from the card's memory; explicit settings are kept."""
+    if total_memory is None:
+        total_memory = gpu_total_memory(device)
+    memory, quantization = gen.memory, gen.quantization
+    if device.type != "cuda":
+        reason = f"device {device.type}: everything stays on it"
+        chosen = ("none" if memory == "auto" else memory, "none" if quantization == "auto" else quantization)
+        return MemoryPlan(*chosen, reason=reason)
+    gib = (total_memory or 0) / GIB
+    if gib >= 39:
+        auto = ("none", "none")
+    elif gib >= 15:
+        # The bf16 transformer alone is 23.8 GB: store it in fp8 (12 GB) and move models in turn.
+        auto = ("model_offload", "fp8_storage")
+    elif gib >= 11:
+        auto = ("model_offload", "bnb_nf4" if _has_module("bitsandbytes") else "fp8_storage")
+    else:
+        auto = ("sequential_offload", "none")
+    chosen_memory = auto[0] if memory == "auto" else memory
+    chosen_quant = (auto[1] if memory == "auto" else "none") if quantization == "auto" else quantization
+    return MemoryPlan(chosen_memory, chosen_quant, reason=f"{gib:.0f} GiB GPU")
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def resolve_model_source(model: str) -> str:
+    """A local folder, a built-in model's folder, or a hub id (returned unchanged)."""
+    if is_builtin(model):
+        return str(resolve_builtin(model))
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise ZireliaError(
+                f"{path} is not a diffusers pipeline folder (no model_index.json)",
+                hint="point [generator] model at a folder saved with save_pretrained (or a hub id); single-file "
+                "checkpoints like flux1-dev.safetensors are for [train] pretrained_model",
+            )
+        return str(path)
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ConfigError(
+            f"[generator] model {model!r} is neither an existing folder nor a hub id like 'owner/name'",
+            hint="check the path, or use 'black-forest-labs/FLUX.1-dev'",
+        )
+    return model
+
+
+def _hub_token() -> str | None:
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if token:
+        return token
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:
+        return None
+
+
+def _explain_load_failure(model: str, error: BaseException) -> ZireliaError:
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    text = " ".join(str(item) for item in chain)
+    if any(isinstance(item, GatedRepoError) for item in chain) or " 401" in text or " 403" in text:
+        has_token = _hub_token() is not None
+        return ZireliaError(
+            f"{model} is a gated repository and the hub refused access"
+            + (" with the token found" if has_token else " (no token found)"),
+            hint=f"accept the licence at {FLUX_DEV_LICENSE_URL} with your account, create a read token, "
+            "then `export HF_TOKEN=hf_...` (or `hf auth login`) and run again",
+        )
+    if any(isinstance(item, RevisionNotFoundError) for item in chain):
+        return ZireliaError(f"revision not found for {model}", hint="check [generator] revision")
+    if any(isinstance(item, RepositoryNotFoundError) for item in chain):
+        return ZireliaError(
+            f"no model {model!r} on the hub (or it is private)",
+            hint="check the spelling of [generator] model, or point it at a local diffusers folder",
+        )
+    return ZireliaError(
+        f"could not load the FLUX weights {model!r}: they are not in the local Hugging Face cache and the hub "
+        "could not be reached",
+        hint="on a machine with internet, run `hf download black-forest-labs/FLUX.1-dev` (after accepting the "
+        "licence and setting HF_TOKEN), or copy the model folder here and set [generator] model to its path; "
+        "HF_HOME / HF_HUB_CACHE choose where the cache lives",
+    )
+
+
+def load_flux_pipeline(gen: GeneratorConfig, *, device: torch.device | None = None) -> FluxPipeline:
+    """Load the configured FluxPipeline onto `device` (default: `gen.device`) with its memory mode applied."""
+    import torch
+    from diffusers import FluxPipeline
+
+    device = device if device is not None else resolve_device(gen.device)
+    dtype = resolve_dtype(gen.dtype, device)
+    plan = plan_memory(gen, device)
+    source = resolve_model_source(gen.model)
+    if plan.memory != "none" and device.type != "cuda":
+        raise ZireliaError(
+            f"[generator] memory = {plan.memory!r} needs a CUDA GPU, but the device is {device}",
+            hint='set memory = "none" (or "auto") on CPU',
+        )
+    if plan.quantization.startswith("bnb_") and (device.type != "cuda" or not _has_module("bitsandbytes")):
+        raise ZireliaError(
+            f"[generator] quantization = {plan.quantization!r} needs bitsandbytes and a CUDA GPU",
+            hint='`pip install bitsandbytes` on a CUDA machine, or use quantization = "fp8_storage"',
+        )
+    if plan.memory != gen.memory or plan.quantization != gen.quantization:
+        logger.info("memory mode %s, quantization %s (%s)", plan.memory, plan.quantization, plan.reason)
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if not Path(source).exists():
+        kwargs["revision"] = gen.revision
+        kwargs["token"] = _hub_token()
+    if plan.quantization.startswith("bnb_"):
+        from diffusers.quantizers import PipelineQuantizationConfig
+
+        if plan.quantization == "bnb_nf4":
+            backend = "bitsandbytes_4bit"
+            quant_kwargs: dict[str, Any] = {
+                "load_in_4bit": True,
+                "bnb_4bit_quant_type": "nf4",
+                "bnb_4bit_compute_dtype": dtype,
+            }
+        else:
+            backend, quant_kwargs = "bitsandbytes_8bit", {"load_in_8bit": True}
+        kwargs["quantization_config"] = PipelineQuantizationConfig(
+            quant_backend=backend, quant_kwargs=quant_kwargs, components_to_quantize=["transformer"]
+        )
+    try:
+        pipe = FluxPipeline.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as error:
+        if Path(source).exists():
+            raise ZireliaError(f"could not load the pipeline from {source}: {error}") from error
+        raise _explain_load_failure(source, error) from error
+
+    if plan.quantization == "fp8_storage":
+        # Weights stored in fp8 (half of bf16), upcast layer by layer for compute.
+        pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+    if gen.vae_tiling:
+        pipe.vae.enable_tiling()
+    if plan.memory == "model_offload":
+        pipe.enable_model_cpu_offload(device=device)
+    elif plan.memory == "sequential_offload":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

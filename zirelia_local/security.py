@@ -1,0 +1,22 @@
+"""Keeping secrets out of files and logs."""
+
+from __future__ import annotations
+
+import re
+
+REDACTED = "***"
+# `hf_token = "..."`, `api_token = '...'`, `HF_TOKEN=...`: any key that ends in "token" (any case).
+_TOML_TOKEN = re.compile(r'(?im)^(\s*[A-Za-z0-9_.-]*token\s*=\s*)(["\']).*?\2')
+_ENV_TOKEN = re.compile(r"(?i)\b([A-Z0-9_]*TOKEN=)(\S+)")
+_HF_TOKEN_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
+
+
+def redact_toml(text: str) -> str:
+    """Replace the value of every `*token` key in a TOML text."""
+    return _TOML_TOKEN.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}{m.group(2)}", text)
+
+
+def redact(text: str) -> str:
+    """Remove tokens from free text (log lines, commands): `X_TOKEN=value` and `hf_...` values."""
+    text = _ENV_TOKEN.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+    return _HF_TOKEN_VALUE.sub(REDACTED, text)

@@ -1,0 +1,43 @@
+"""`python -m zirelia_local.train CONFIG`: the whole job, every stage in order.
+
+(The module is named for what the user wants, a trained persona; the training stage itself lives in
+`zirelia_local.training`.)
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from zirelia_local.cli import configure_logging, run_guarded
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m zirelia_local.train",
+        description="Run the whole pipeline for a persona config: dataset, curation, training, critic, report.",
+    )
+    parser.add_argument("config", type=Path, help="the run's TOML config, e.g. configs/sienna.toml")
+    parser.add_argument(
+        "--run-dir", type=Path, default=None, help="run directory (default: [run] dir or runs/<trigger_word>)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs")
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+
+    def action() -> int:
+        from zirelia_local.config import load_config
+        from zirelia_local.pipeline import run_pipeline
+        from zirelia_local.rundir import run_lock
+
+        config = load_config(args.config, run_dir=args.run_dir)
+        with run_lock(config.run_dir):
+            run_pipeline(config)
+        return 0
+
+    return run_guarded(action)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
