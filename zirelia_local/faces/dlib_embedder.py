@@ -38,7 +38,7 @@ def dlib_models_dir() -> Path:
             hint="pip install face-recognition-models (it is a dependency of zirelia-local; reinstall with "
             "`pip install -e .`)",
         )
-    folder = Path(list(spec.submodule_search_locations)[0]) / "models"
+    folder = Path(next(iter(spec.submodule_search_locations))) / "models"
     missing = [name for name in (SHAPE_PREDICTOR_5, RESNET_MODEL) if not (folder / name).is_file()]
     if missing:
         raise ZireliaError(
