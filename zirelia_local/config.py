@@ -404,7 +404,7 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for item in error.errors(include_url=False):
         key = _format_location(tuple(part for part in item["loc"] if not _is_union_tag(part)))
-        message = item["msg"]
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; `zirelia config-reference` lists every key)"
         elif item["type"] == "missing":
