@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -55,6 +56,20 @@ def run_guarded(action: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: everything finished so far is saved; rerun to resume")
         return 130
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        where = f" while writing {error.filename}" if error.filename else ""
+        console.print(
+            f"[bold red]error:[/bold red] the disk is full{where} ({error.strerror}). Every file is written "
+            "atomically, so nothing was left half-written.",
+            highlight=False,
+        )
+        console.print(
+            "[cyan]hint:[/cyan] free some space (or use --run-dir on another disk) and rerun: finished work is kept",
+            highlight=False,
+        )
+        return 1
     return int(code or 0)
 
 

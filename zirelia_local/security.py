@@ -12,8 +12,9 @@ _HF_TOKEN_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 
 
 def redact_toml(text: str) -> str:
-    """Replace the value of every `*token` key in a TOML text."""
-    return _TOML_TOKEN.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}{m.group(2)}", text)
+    """Replace the value of every `*token` key in a TOML text, and any Hugging Face token value (comments too)."""
+    text = _TOML_TOKEN.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}{m.group(2)}", text)
+    return _HF_TOKEN_VALUE.sub(REDACTED, text)
 
 
 def redact(text: str) -> str:
