@@ -130,3 +130,28 @@ def test_gated_repo_without_token(tmp_path):
     assert "gated repository" in result.stdout, result.stdout + result.stderr
     assert "(no token found)" in result.stdout
     assert "HF_TOKEN" in result.stdout
+
+
+def test_pickled_pipeline_folder_is_refused_unless_allowed(tmp_path, tiny_flux_dir):
+    from diffusers import FluxPipeline
+
+    from zirelia_local.flux import load_flux_pipeline
+
+    pickled = tmp_path / "pickled"
+    FluxPipeline.from_pretrained(tiny_flux_dir).save_pretrained(pickled, safe_serialization=False)
+    assert (pickled / "transformer" / "diffusion_pytorch_model.bin").is_file()  # diffusers parts pickled
+    gen = GeneratorConfig(model=str(pickled), device="cpu")
+    with pytest.raises(ZireliaError, match="pickled weights") as caught:
+        load_flux_pipeline(gen)
+    assert "allow_pickle" in caught.value.hint
+    assert load_flux_pipeline(gen, allow_pickle=True).transformer is not None
+
+
+def test_require_safetensors_refuses_pickle_suffixes(tmp_path):
+    from zirelia_local.security import require_safetensors
+
+    for name in ("model.ckpt", "lora.pt", "pytorch_model.bin"):
+        with pytest.raises(ZireliaError, match="pickled file"):
+            require_safetensors(tmp_path / name, "model file")
+        assert require_safetensors(tmp_path / name, "model file", allow_pickle=True) == tmp_path / name
+    assert require_safetensors(tmp_path / "flux1-dev.safetensors", "model file").name == "flux1-dev.safetensors"

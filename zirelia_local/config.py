@@ -347,6 +347,11 @@ class RunConfig(_Section):
     """Where the run's files go."""
 
     dir: Path | None = Field(default=None, description="Run directory (default: runs/<trigger_word>).")
+    allow_pickle: bool = Field(
+        default=False,
+        description="Allow pickled weights (.ckpt/.pt/.bin) from user paths. Unpickling can run code hidden in "
+        "the file: leave off unless you trust the source; safetensors files are always accepted.",
+    )
 
 
 class ZireliaConfig(_Section):
