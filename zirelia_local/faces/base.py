@@ -61,6 +61,11 @@ class FaceEmbedder(ABC):
     def detect(self, image: Any) -> list[DetectedFace]:
         """Faces in one image (PIL image, path, or RGB uint8 array), largest first."""
 
+    @property
+    def model_id(self) -> str:
+        """Names the exact model, so cached embeddings of another model are never reused."""
+        return self.name
+
     def detect_batch(self, images: Sequence[Any]) -> list[list[DetectedFace]]:
         """Faces in several images; models that can batch override this."""
         return [self.detect(image) for image in images]
@@ -79,3 +84,18 @@ class FaceEmbedder(ABC):
     def centroid(self, embeddings: Sequence[np.ndarray]) -> np.ndarray:
         """The reference identity of a set of embeddings (mean; models with normalised vectors renormalise)."""
         return np.mean(np.stack(embeddings), axis=0).astype(np.float32)
+
+
+def detect_images(
+    embedder: FaceEmbedder, images: Sequence[Any], *, batch_size: int = 8, description: str = "finding faces"
+) -> list[list[DetectedFace]]:
+    """`embedder.detect_batch` over many images in batches, with a progress bar (faces per image, in order)."""
+    from zirelia_local.console import progress_bar
+
+    results: list[list[DetectedFace]] = []
+    with progress_bar(description, total=len(images), unit="img") as advance:
+        for offset in range(0, len(images), batch_size):
+            batch = images[offset : offset + batch_size]
+            results.extend(embedder.detect_batch(batch))
+            advance(len(batch))
+    return results
