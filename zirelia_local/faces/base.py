@@ -84,18 +84,3 @@ class FaceEmbedder(ABC):
     def centroid(self, embeddings: Sequence[np.ndarray]) -> np.ndarray:
         """The reference identity of a set of embeddings (mean; models with normalised vectors renormalise)."""
         return np.mean(np.stack(embeddings), axis=0).astype(np.float32)
-
-
-def detect_images(
-    embedder: FaceEmbedder, images: Sequence[Any], *, batch_size: int = 8, description: str = "finding faces"
-) -> list[list[DetectedFace]]:
-    """`embedder.detect_batch` over many images in batches, with a progress bar (faces per image, in order)."""
-    from zirelia_local.console import progress_bar
-
-    results: list[list[DetectedFace]] = []
-    with progress_bar(description, total=len(images), unit="img") as advance:
-        for offset in range(0, len(images), batch_size):
-            batch = images[offset : offset + batch_size]
-            results.extend(embedder.detect_batch(batch))
-            advance(len(batch))
-    return results
