@@ -176,7 +176,7 @@ def machine_info() -> dict[str, str]:
         "OS": platform.platform(),
         "Python": platform.python_version(),
         "packages": ", ".join(versions),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     commit = _git_commit()
     if commit:

@@ -75,7 +75,7 @@ def fail(name: str, detail: str, fix: str) -> Check:
 
 def python_check() -> Check:
     version = ".".join(str(part) for part in sys.version_info[:3])
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - the check is for users on an older Python
         return fail("python", f"Python {version} ({sys.executable})", "use Python 3.11 or newer")
     return ok("python", f"Python {version} ({sys.executable})")
 
