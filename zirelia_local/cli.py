@@ -42,15 +42,17 @@ def configure_logging(verbose: bool = False) -> None:
 
 def run_guarded(action: Callable[[], int | None]) -> int:
     """Run a command: user-facing errors become a message and an exit code, never a traceback."""
+    from rich.markup import escape
+
     from zirelia_local.console import console
 
     try:
         code = action()
     except ZireliaError as error:
         label = "config error" if isinstance(error, ConfigError) else "error"
-        console.print(f"[bold red]{label}:[/bold red] {error.message}", markup=True, highlight=False)
+        console.print(f"[bold red]{label}:[/bold red] {escape(error.message)}", markup=True, highlight=False)
         if error.hint:
-            console.print(f"[cyan]hint:[/cyan] {error.hint}", highlight=False)
+            console.print(f"[cyan]hint:[/cyan] {escape(error.hint)}", highlight=False)
         return error.exit_code
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: everything finished so far is saved; rerun to resume")
