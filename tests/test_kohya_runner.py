@@ -246,3 +246,34 @@ def test_a_trainer_that_ignores_ctrl_c_is_killed_after_the_grace_time(tmp_path):
     assert code == 130 and result["interrupted"] and result["returncode"] == -signal.SIGKILL
     assert process_gone(trainer_pid)
     assert time.monotonic() - start < 30
+
+
+PACED_CHILD = r"""
+import sys, time
+def draw(text):
+    sys.stderr.write("\r" + text); sys.stderr.flush()
+draw("steps:   0%|          | 0/2 [00:00<?, ?it/s]")
+print("\nepoch 1/1\n", flush=True)
+draw("steps:  50%|#####     | 1/2 [00:01<00:01,  1.00s/it]")
+draw("steps:  50%|#####     | 1/2 [00:01<00:01,  1.00s/it, avr_loss=0.7]")
+time.sleep(1.0)
+draw("steps: 100%|##########| 2/2 [00:02<00:00,  1.00s/it, avr_loss=0.7]")
+draw("steps: 100%|##########| 2/2 [00:02<00:00,  1.00s/it, avr_loss=0.6]")
+print("\nsaving checkpoint: /tmp/x.safetensors", flush=True)
+"""
+
+
+def test_metrics_time_each_step_when_it_ends_not_when_the_next_begins(tmp_path):
+    # Stand-in for the GPU run: tqdm-style drawings one second apart, as sd-scripts writes them.
+    child = tmp_path / "paced.py"
+    child.write_text(PACED_CHILD)
+    run_streaming(
+        [sys.executable, str(child)],
+        cwd=tmp_path,
+        env=dict(os.environ),
+        log_path=tmp_path / "train.log",
+        metrics_path=tmp_path / "metrics.jsonl",
+    )
+    first, second = read_jsonl(tmp_path / "metrics.jsonl")
+    assert (first["avr_loss"], second["avr_loss"]) == (0.7, 0.6)
+    assert second["elapsed_s"] - first["elapsed_s"] >= 0.8

@@ -172,7 +172,8 @@ class OutputTracker:
         self.on_saved = on_saved
         self.outcome = RunOutcome(returncode=0)
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
-        self._pending: tuple[StepProgress, str] | None = None
+        #: the latest drawing of the current step, and when the step was first drawn (= when it ended)
+        self._pending: tuple[StepProgress, str, float] | None = None
         self._recorded_step = 0
         self._bar: Advance | None = None
         self._bar_position = 0
@@ -228,7 +229,8 @@ class OutputTracker:
         # this step's avr_loss. The last drawing of a step is the one recorded, once the next one starts.
         if self._pending is not None and self._pending[0].step != progress.step:
             self._flush_step()
-        self._pending = (progress, segment)
+        ended = self._pending[2] if self._pending is not None else time.monotonic()
+        self._pending = (progress, segment, ended)
         step = self.step_offset + progress.step
         self.outcome.step = step
         # tqdm's total is always the whole run's; a resumed run's count restarts at 0 (train_network.py).
@@ -243,7 +245,7 @@ class OutputTracker:
     def _flush_step(self) -> None:
         if self._pending is None:
             return
-        progress, segment = self._pending
+        progress, segment, ended = self._pending
         self._pending = None
         self._write(segment)
         if progress.step <= self._recorded_step:
@@ -255,7 +257,7 @@ class OutputTracker:
             "epoch": self.outcome.epoch,
             "avr_loss": progress.avr_loss,
             "seconds_per_step": progress.seconds_per_step,
-            "elapsed_s": round(time.monotonic() - self._started, 3),
+            "elapsed_s": round(ended - self._started, 3),
         }
         append_jsonl(self.metrics_path, record)
 
