@@ -85,7 +85,8 @@ def dataset_toml_text(image_dir: Path, *, resolution: int, batch_size: int, num_
                 "enable_bucket": True,
                 "min_bucket_reso": min(256, resolution),
                 "max_bucket_reso": max(1024, resolution),
-                "bucket_reso_steps": 64 if resolution >= 256 else 16,
+                # train_network.py asserts bucket_reso_steps % 64 == 0 for every trainer (FLUX and SDXL too).
+                "bucket_reso_steps": 64,
                 "bucket_no_upscale": True,
                 "subsets": [
                     {

@@ -1,0 +1,216 @@
+"""Opt-in: the real sd-scripts trains a real (tiny, random) FLUX LoRA on the CPU, saves, and resumes.
+
+Skipped unless ZIRELIA_SD_SCRIPTS names an sd-scripts checkout with its venv (`venv/bin/python`). Run:
+
+    ZIRELIA_SD_SCRIPTS=/path/to/sd-scripts python -m pytest -q tests/test_kohya_integration.py
+
+Everything sd-scripts loads is real and built here with sd-scripts' own classes, in its own interpreter:
+a FLUX transformer in BFL layout with 1 double and 1 single block (its loader reads the block counts from
+the checkpoint), the full-size AE and CLIP-L (their configs are fixed in sd-scripts), and local tokenizers
+in `--tokenizer_cache_dir`. One part cannot be full size here: sd-scripts' T5-XXL config is fixed at 24
+layers (4.7B parameters), so a small wrapper script swaps `library.flux_utils.load_t5xxl` for a loader of a
+1-layer T5 with the real d_model of 4096, then runs flux_train_network.py unchanged.
+Cost on 2 CPU cores: about 20 s to build the models (cached in ZIRELIA_TEST_CACHE), then two launches of
+about 1.5 min each (model loading and caching dominate; a step takes 20-30 s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from tests.conftest import write_config
+from zirelia_local.config import load_config
+from zirelia_local.dataset import run_dataset
+from zirelia_local.files import read_jsonl
+from zirelia_local.training.kohya import LOG_FILE, METRICS_FILE, train_kohya
+from zirelia_local.training.kohya_flags import EMITTED_FLAGS, SCRIPTS, parser_flags
+from zirelia_local.training.outputs import read_epoch
+from zirelia_local.training.resume import newest_state
+
+SD_SCRIPTS = os.environ.get("ZIRELIA_SD_SCRIPTS")
+pytestmark = [
+    pytest.mark.sd_scripts,
+    pytest.mark.slow,
+    pytest.mark.skipif(not SD_SCRIPTS, reason="set ZIRELIA_SD_SCRIPTS to an sd-scripts checkout to run"),
+]
+
+MODELS_VERSION = 1
+BUILD_MODELS = """
+import json, sys
+from dataclasses import replace
+from pathlib import Path
+import torch
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
+from library import flux_models
+
+out, tokenizers = Path(sys.argv[1]), Path(sys.argv[2])
+# Tokenizers: the tiny pipeline's CLIP BPE (vocab.json + merges.txt) and T5 unigram (tokenizer.json),
+# saved by this interpreter's transformers (4.54) under the names sd-scripts looks for.
+clip_tok = CLIPTokenizer(vocab_file=str(tokenizers / "tokenizer" / "vocab.json"),
+                         merges_file=str(tokenizers / "tokenizer" / "merges.txt"), model_max_length=77)
+clip_tok.save_pretrained(out / "tokenizers" / "openai_clip-vit-large-patch14")
+t5_tok = T5TokenizerFast(tokenizer_file=str(tokenizers / "tokenizer_2" / "tokenizer.json"), eos_token="</s>",
+                         pad_token="<pad>", unk_token="<unk>", extra_ids=0, model_max_length=512)
+t5_tok.save_pretrained(out / "tokenizers" / "google_t5-v1_1-xxl")
+
+def save(module, name, metadata=None):
+    tensors = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in module.state_dict().items()}
+    save_file(tensors, str(out / name), metadata=metadata)
+
+torch.manual_seed(0)
+params = replace(flux_models.configs["dev"].params, depth=1, depth_single_blocks=1)
+save(flux_models.Flux(params), "flux1-tiny.safetensors")
+save(flux_models.AutoEncoder(flux_models.configs["dev"].ae_params), "ae.safetensors")
+save(CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+     num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)),
+     "clip_l.safetensors")
+t5_config = dict(vocab_size=len(t5_tok), d_model=4096, d_kv=64, d_ff=256, num_layers=1, num_heads=2,
+                 feed_forward_proj="gated-gelu", pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id)
+save(T5EncoderModel(T5Config(**t5_config)), "t5xxl-1layer.safetensors", {"zirelia_t5_config": json.dumps(t5_config)})
+"""
+
+T5_WRAPPER = '''"""Stand-in for the T5-XXL only (its full-size config is fixed in sd-scripts): load the 1-layer
+T5 described in the file's metadata, then run sd-scripts' FLUX trainer unchanged."""
+import json
+import runpy
+import sys
+
+SD_SCRIPTS = {sd_scripts!r}
+sys.path.insert(0, SD_SCRIPTS)
+
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from transformers import T5Config, T5EncoderModel  # noqa: E402
+
+from library import flux_utils  # noqa: E402
+
+
+def load_small_t5(ckpt_path, dtype, device, disable_mmap=False, state_dict=None):
+    with safe_open(ckpt_path, framework="pt") as handle:
+        config = T5Config(**json.loads(handle.metadata()["zirelia_t5_config"]))
+    model = T5EncoderModel(config)
+    model.load_state_dict(state_dict if state_dict is not None else load_file(ckpt_path), strict=True)
+    return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+
+
+flux_utils.load_t5xxl = load_small_t5
+script = SD_SCRIPTS + "/flux_train_network.py"
+sys.argv[0] = script
+runpy.run_path(script, run_name="__main__")
+'''
+
+DUMP_FLAGS = """
+import importlib, json, sys
+sys.path.insert(0, sys.argv[1])
+flags = {}
+for module in sys.argv[2:]:
+    parser = importlib.import_module(module).setup_parser()
+    flags[module] = {}
+    for action in parser._actions:
+        kind = "switch" if type(action).__name__ == "_StoreTrueAction" else "values" if action.nargs == "*" else "value"
+        for option in action.option_strings:
+            if option.startswith("--") and option != "--help":
+                flags[module][option[2:]] = kind
+print("FLAGS " + json.dumps(flags))
+"""
+
+
+@pytest.fixture(scope="module")
+def sd_scripts() -> Path:
+    folder = Path(SD_SCRIPTS).expanduser().resolve()
+    assert (folder / "venv" / "bin" / "python").is_file(), f"{folder}/venv/bin/python is needed"
+    return folder
+
+
+@pytest.fixture(scope="module")
+def kohya_models(sd_scripts: Path, tiny_flux_dir: Path, _cache_dir: Path) -> Path:
+    folder = _cache_dir / f"kohya-tiny-flux-v{MODELS_VERSION}"
+    if not (folder / "t5xxl-1layer.safetensors").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [str(sd_scripts / "venv" / "bin" / "python"), "-c", BUILD_MODELS, str(folder), str(tiny_flux_dir)],
+            cwd=sd_scripts,
+            check=True,
+            timeout=600,
+        )
+    return folder
+
+
+def test_verified_flags_exist_in_the_checkouts_parser(sd_scripts):
+    modules = [script.removesuffix(".py") for script in SCRIPTS.values()]
+    completed = subprocess.run(
+        [str(sd_scripts / "venv" / "bin" / "python"), "-c", DUMP_FLAGS, str(sd_scripts), *modules],
+        cwd=sd_scripts,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    line = next(line for line in completed.stdout.splitlines() if line.startswith("FLAGS "))
+    real = json.loads(line[len("FLAGS ") :])
+    for model_type, script in SCRIPTS.items():
+        theirs = real[script.removesuffix(".py")]
+        ours = parser_flags(model_type)
+        assert {name: kind for name, kind in ours.items() if theirs.get(name) != kind} == {}, model_type
+        emitted = {name for name in EMITTED_FLAGS if name in ours}
+        assert emitted <= set(theirs), model_type
+
+
+def test_real_sd_scripts_trains_a_flux_lora_on_cpu_and_resumes(tmp_path, sd_scripts, kohya_models):
+    wrapper = tmp_path / "flux_train_with_small_t5.py"
+    wrapper.write_text(T5_WRAPPER.format(sd_scripts=str(sd_scripts)))
+    train = f"""
+    [train]
+    sd_scripts = '{sd_scripts}'
+    pretrained_model = '{kohya_models / "flux1-tiny.safetensors"}'
+    clip_l = '{kohya_models / "clip_l.safetensors"}'
+    t5xxl = '{kohya_models / "t5xxl-1layer.safetensors"}'
+    ae = '{kohya_models / "ae.safetensors"}'
+    tokenizer_cache_dir = '{kohya_models / "tokenizers"}'
+    vram = '40gb'
+    mixed_precision = 'no'
+    optimizer = 'AdamW'
+    batch_size = 2
+    epochs = {{epochs}}
+    sample_every_n_epochs = {{samples}}
+    [train.extra_args]
+    max_data_loader_n_workers = 0
+    [critic]
+    prompts = ['reading a book']
+    seeds = [1]
+    """
+    config_path = write_config(tmp_path, count=2, extra=train.format(epochs=1, samples=1))
+    config = load_config(config_path)
+    run_dataset(config)  # 2 images, 64 px, from the tiny pipeline: one batch, one step per epoch
+
+    first = train_kohya(config, script=wrapper)
+    out = first.output_dir
+    assert first.epoch_files == {1: out / "testpersona7.safetensors"}
+    with safe_open(str(out / "testpersona7.safetensors"), framework="pt") as lora:
+        keys, metadata = set(lora.keys()), lora.metadata()
+        assert lora.get_tensor("lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight").shape == (32, 3072)
+    assert "lora_unet_single_blocks_0_linear1.lora_up.weight" in keys
+    assert metadata["ss_network_dim"] == "32" and metadata["ss_epoch"] == "1"
+    assert metadata["ss_base_model_version"] == "flux1"
+    assert any((out / "sample").glob("*.png"))
+    state = newest_state(out, "testpersona7")
+    assert state.path.name == "testpersona7-state" and (state.epoch, state.step) == (1, 1)
+    assert [(r["step"], r["epoch"]) for r in read_jsonl(out / METRICS_FILE)] == [(1, 1)]
+
+    # Train on to 2 epochs: the rerun resumes from the saved state instead of starting over.
+    config_path = write_config(tmp_path, count=2, extra=train.format(epochs=2, samples=0))
+    second = train_kohya(load_config(config_path), script=wrapper)
+    assert second.epoch_files == {1: out / "testpersona7-000001.safetensors", 2: out / "testpersona7.safetensors"}
+    assert read_epoch(out / "testpersona7.safetensors") == 2
+    second_launch = re.split(r"\n===== \d{4}-\d\d-\d\d ", (out / LOG_FILE).read_text())[-1]
+    assert f"--resume {out / 'testpersona7-state'}" in second_launch
+    assert "epoch 2/2" in second_launch and "epoch 1/2" not in second_launch
+    assert [(r["step"], r["epoch"]) for r in read_jsonl(out / METRICS_FILE)] == [(1, 1), (2, 2)]
+    assert newest_state(out, "testpersona7").epoch == 2

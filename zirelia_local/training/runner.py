@@ -1,0 +1,412 @@
+"""Running sd-scripts as a child process: stream its output, follow its progress, stop it cleanly.
+
+sd-scripts prints `epoch N/M` and `saving checkpoint: PATH` on stdout and a tqdm bar on stderr, redrawn
+with carriage returns: `steps:  33%|███▎      | 6/18 [00:17<00:35,  2.96s/it, avr_loss=1.16]`
+(train_network.py). Both streams go through one pipe so their order is kept; every `\\r`/`\\n` separated
+segment is parsed, written (secrets redacted) to the run's `train/train.log`, and each new step becomes a
+line of `train/metrics.jsonl` and a move of our progress bar.
+
+The child runs in its own process group: Ctrl-C reaches only us, and we forward SIGINT to the whole
+group (accelerate's launcher and the trainer it starts), keep draining its output while it exits, and
+escalate to SIGTERM, then SIGKILL, if it does not.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+import re
+import select
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from zirelia_local.console import Advance, progress_bar
+from zirelia_local.files import append_jsonl
+from zirelia_local.security import redact
+from zirelia_local.training.messages import info
+
+logger = logging.getLogger(__name__)
+
+
+_STEPS = re.compile(r"^steps:\s*(?P<percent>\d+)%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*\[(?P<info>[^\]]*)\]")
+_EPOCH = re.compile(r"^epoch (?P<epoch>\d+)/(?P<total>\d+)\s*$")
+_SAVED = re.compile(r"^saving checkpoint: (?P<path>.+?)\s*$")
+_RATE = re.compile(r"^\s*(?P<value>[\d.]+)(?P<unit>s/it|it/s)$")
+
+#: Seconds to wait after SIGINT, then after SIGTERM, before the next signal.
+SIGINT_GRACE_S = 30.0
+SIGTERM_GRACE_S = 10.0
+TAIL_LINES = 200
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """One redraw of sd-scripts' `steps` tqdm bar."""
+
+    step: int
+    total: int
+    percent: int
+    elapsed: str | None = None
+    remaining: str | None = None
+    seconds_per_step: float | None = None
+    postfix: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def avr_loss(self) -> float | None:
+        value = self.postfix.get("avr_loss")
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+
+
+def parse_progress(segment: str) -> StepProgress | None:
+    """Parse a `steps:` tqdm segment; None for anything else (other bars, log lines)."""
+    match = _STEPS.match(segment.strip())
+    if not match:
+        return None
+    parts = [part.strip() for part in match.group("info").split(",")]
+    elapsed = remaining = None
+    seconds_per_step = None
+    postfix: dict[str, str] = {}
+    if parts and "<" in parts[0]:
+        elapsed, remaining = (piece.strip() for piece in parts[0].split("<", 1))
+    for part in parts[1:]:
+        rate = _RATE.match(part)
+        if rate:
+            value = float(rate.group("value"))
+            if value > 0:
+                seconds_per_step = value if rate.group("unit") == "s/it" else 1.0 / value
+        elif "=" in part:
+            key, value = part.split("=", 1)
+            postfix[key.strip()] = value.strip()
+    return StepProgress(
+        step=int(match.group("n")),
+        total=int(match.group("total")),
+        percent=int(match.group("percent")),
+        elapsed=elapsed,
+        remaining=None if remaining in (None, "?") else remaining,
+        seconds_per_step=seconds_per_step,
+        postfix=postfix,
+    )
+
+
+def parse_epoch(segment: str) -> tuple[int, int] | None:
+    """`epoch 3/20` -> (3, 20)."""
+    match = _EPOCH.match(segment.strip())
+    return (int(match.group("epoch")), int(match.group("total"))) if match else None
+
+
+def parse_saved(segment: str) -> Path | None:
+    """`saving checkpoint: /x/name-000001.safetensors` -> the path."""
+    match = _SAVED.match(segment.strip())
+    return Path(match.group("path")) if match else None
+
+
+class SegmentSplitter:
+    """Splits a byte stream (UTF-8, cut anywhere) into `\\r`/`\\n` separated text segments."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        #: text after the last separator: tqdm's current bar, until its next redraw starts with `\\r`
+        self.pending = ""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        self.pending += self._decoder.decode(chunk)
+        *complete, self.pending = re.split(r"\r\n|\r|\n", self.pending)
+        return [segment for segment in complete if segment.strip()]
+
+    def flush(self) -> list[str]:
+        rest = self.pending + self._decoder.decode(b"", final=True)
+        self.pending = ""
+        return [rest] if rest.strip() else []
+
+
+def split_segments(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Decode a byte stream (UTF-8, split anywhere) into `\\r`/`\\n` separated segments, empty ones dropped."""
+    splitter = SegmentSplitter()
+    for chunk in chunks:
+        yield from splitter.feed(chunk)
+    yield from splitter.flush()
+
+
+@dataclass
+class RunOutcome:
+    returncode: int
+    interrupted: bool = False
+    #: last `epoch N/M` seen (N), and M
+    epoch: int | None = None
+    epochs_total: int | None = None
+    #: steps reached, counted from the start of training (resumed runs add the state's steps)
+    step: int | None = None
+    total_steps: int | None = None
+    last_loss: float | None = None
+    saved: list[Path] = field(default_factory=list)
+    tail: list[str] = field(default_factory=list)
+
+
+class OutputTracker:
+    """Turns sd-scripts' output segments into a log file, metrics records and progress-bar moves."""
+
+    def __init__(
+        self,
+        log: TextIO,
+        metrics_path: Path,
+        *,
+        step_offset: int = 0,
+        open_bar: Callable[[int], Advance] | None = None,
+        on_saved: Callable[[Path], None] | None = None,
+    ) -> None:
+        self.log = log
+        self.metrics_path = metrics_path
+        self.step_offset = step_offset
+        self.open_bar = open_bar
+        self.on_saved = on_saved
+        self.outcome = RunOutcome(returncode=0)
+        self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        #: the latest drawing of the current step, and when the step was first drawn (= when it ended)
+        self._pending: tuple[StepProgress, str, float] | None = None
+        self._recorded_step = 0
+        self._bar: Advance | None = None
+        self._bar_position = 0
+        self._started = time.monotonic()
+
+    def feed(self, segment: str) -> None:
+        segment = redact(segment.rstrip())
+        match = _STEPS.match(segment.lstrip())
+        if match is not None:
+            bar = segment.lstrip()[: match.end()]
+            rest = segment.lstrip()[match.end() :]
+            progress = parse_progress(bar)
+            if progress is not None:
+                self._on_progress(progress, bar)
+            if rest.strip():
+                # tqdm ends its line with no newline: a log line printed next is glued to the bar.
+                self.feed(rest)
+            return
+        self._flush_step()
+        self._write(segment)
+        logger.debug("sd-scripts: %s", segment)
+        epoch = parse_epoch(segment)
+        if epoch is not None:
+            self.outcome.epoch, self.outcome.epochs_total = epoch
+            self._move_bar(0)
+            return
+        saved = parse_saved(segment)
+        if saved is not None:
+            self.outcome.saved.append(saved)
+            if self.on_saved is not None:
+                self.on_saved(saved)
+
+    def feed_partial(self, text: str) -> None:
+        """Show a bar that is drawn but not yet ended (tqdm ends a drawing only when it starts the next)."""
+        match = _STEPS.match(text.lstrip())
+        if match is not None:
+            progress = parse_progress(match.group(0))
+            if progress is not None:
+                self._on_progress(progress, match.group(0))
+
+    def finish(self) -> RunOutcome:
+        self._flush_step()
+        self.outcome.tail = list(self._tail)
+        return self.outcome
+
+    def _write(self, line: str) -> None:
+        self._tail.append(line)
+        self.log.write(line + "\n")
+        self.log.flush()
+
+    def _on_progress(self, progress: StepProgress, segment: str) -> None:
+        # tqdm draws each step twice: at update() with the previous postfix, then at set_postfix() with
+        # this step's avr_loss. The last drawing of a step is the one recorded, once the next one starts.
+        if self._pending is not None and self._pending[0].step != progress.step:
+            self._flush_step()
+        ended = self._pending[2] if self._pending is not None else time.monotonic()
+        self._pending = (progress, segment, ended)
+        step = self.step_offset + progress.step
+        self.outcome.step = step
+        # tqdm's total is always the whole run's; a resumed run's count restarts at 0 (train_network.py).
+        self.outcome.total_steps = progress.total
+        if progress.avr_loss is not None:
+            self.outcome.last_loss = progress.avr_loss
+        if self._bar is None and self.open_bar is not None:
+            # Ours shows the steps this launch will run (a resumed run skips the saved ones).
+            self._bar = self.open_bar(max(progress.total - self.step_offset, progress.step, 1))
+        self._move_bar(progress.step - self._bar_position)
+
+    def _flush_step(self) -> None:
+        if self._pending is None:
+            return
+        progress, segment, ended = self._pending
+        self._pending = None
+        self._write(segment)
+        if progress.step <= self._recorded_step:
+            return  # step 0, or tqdm's closing redraw of the last step
+        self._recorded_step = progress.step
+        record: dict[str, object] = {
+            "step": self.step_offset + progress.step,
+            "total_steps": progress.total,
+            "epoch": self.outcome.epoch,
+            "avr_loss": progress.avr_loss,
+            "seconds_per_step": progress.seconds_per_step,
+            "elapsed_s": round(ended - self._started, 3),
+        }
+        append_jsonl(self.metrics_path, record)
+
+    def _move_bar(self, amount: int) -> None:
+        if self._bar is None:
+            return
+        self._bar_position += max(amount, 0)
+        parts = []
+        if self.outcome.epoch is not None:
+            parts.append(f"epoch {self.outcome.epoch}/{self.outcome.epochs_total}")
+        if self.outcome.last_loss is not None:
+            parts.append(f"loss {self.outcome.last_loss:.4f}")
+        self._bar(max(amount, 0), status="  ".join(parts))
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM/SIGHUP) stopped the run; the child has been stopped."""
+
+
+@contextmanager
+def _signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP stop the child as Ctrl-C does (the child is in its own session: it would
+    otherwise outlive us)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_streaming(
+    command: Sequence[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path,
+    metrics_path: Path,
+    step_offset: int = 0,
+    description: str = "training",
+    shown_command: str | None = None,
+    on_saved: Callable[[Path], None] | None = None,
+    sigint_grace_s: float = SIGINT_GRACE_S,
+    sigterm_grace_s: float = SIGTERM_GRACE_S,
+) -> RunOutcome:
+    """Run `command`, streaming its output into `log_path` and `metrics_path` and a progress bar.
+
+    Returns when the child exits. On Ctrl-C the child is stopped and `Interrupted` is raised with the
+    outcome (saved checkpoints, last epoch) in its `outcome` attribute.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        log = stack.enter_context(open(log_path, "a", encoding="utf-8"))
+        shown = shown_command if shown_command is not None else " ".join(command)
+        log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {redact(shown)}\n")
+
+        def open_bar(total: int) -> Advance:
+            return stack.enter_context(progress_bar(description, total, unit="step"))
+
+        tracker = OutputTracker(log, metrics_path, step_offset=step_offset, open_bar=open_bar, on_saved=on_saved)
+        process = subprocess.Popen(
+            list(command),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert process.stdout is not None
+        fd = process.stdout.fileno()
+        try:
+            with _signals_as_interrupt():
+                splitter = SegmentSplitter()
+                for chunk in _read_chunks(fd):
+                    for segment in splitter.feed(chunk):
+                        tracker.feed(segment)
+                    tracker.feed_partial(splitter.pending)
+                for segment in splitter.flush():
+                    tracker.feed(segment)
+                returncode = process.wait()
+        except KeyboardInterrupt:
+            info("stopping sd-scripts (it saves at epoch ends: steps since the newest saved state are lost)...")
+            log.write("===== interrupted: stopping sd-scripts\n")
+            returncode = _stop(process, fd, tracker, sigint_grace_s, sigterm_grace_s)
+            outcome = tracker.finish()
+            outcome.returncode = returncode
+            outcome.interrupted = True
+            error = Interrupted()
+            error.outcome = outcome  # type: ignore[attr-defined]
+            raise error from None
+        finally:
+            process.stdout.close()
+        outcome = tracker.finish()
+        outcome.returncode = returncode
+        log.write(f"===== sd-scripts exited with code {returncode}\n")
+        return outcome
+
+
+def _read_chunks(fd: int, deadline: float | None = None) -> Iterator[bytes]:
+    """Bytes from `fd` until EOF (or until `deadline`, a time.monotonic() value)."""
+    while True:
+        timeout = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return
+            yield chunk
+        elif deadline is not None and time.monotonic() >= deadline:
+            return
+
+
+def _group_alive(process: subprocess.Popen) -> bool:
+    process.poll()  # reap the leader, or its zombie keeps the group "alive"
+    try:
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop(process: subprocess.Popen, fd: int, tracker: OutputTracker, sigint_s: float, sigterm_s: float) -> int:
+    """SIGINT to the child's group, then SIGTERM, then SIGKILL, until the whole group is gone; output is
+    drained meanwhile (a child blocked on a full pipe could not exit). Returns the launcher's exit code."""
+    for sig, grace in ((signal.SIGINT, sigint_s), (signal.SIGTERM, sigterm_s), (signal.SIGKILL, 5.0)):
+        if not _group_alive(process):
+            break
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace
+        try:
+            for segment in split_segments(_read_chunks(fd, deadline)):
+                tracker.feed(segment)
+        except OSError:
+            pass
+        while _group_alive(process) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return process.wait()
