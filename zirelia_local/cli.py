@@ -29,16 +29,13 @@ def configure_logging(verbose: bool = False) -> None:
     for name in ("diffusers", "transformers", "accelerate", "huggingface_hub", "PIL", "matplotlib", "urllib3"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import diffusers.utils.logging as diffusers_logging
-        import transformers.utils.logging as transformers_logging
-
-        diffusers_logging.set_verbosity_error()
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.set_verbosity_error()
-        transformers_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    # Through the environment, so commands that never load a model do not pay for importing diffusers.
+    level = "info" if verbose else "error"
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", level)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", level)
+    if not verbose:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("ZIRELIA_QUIET_LIBRARIES", "1")
 
 
 def run_guarded(action: Callable[[], int | None]) -> int:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import re
 import string
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from zirelia_local.errors import ConfigError

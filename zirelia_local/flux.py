@@ -187,6 +187,9 @@ def load_flux_pipeline(
     import torch
     from diffusers import FluxPipeline
 
+    from zirelia_local.console import quiet_library_progress
+
+    quiet_library_progress()
     device = device if device is not None else resolve_device(gen.device)
     dtype = resolve_dtype(gen.dtype, device)
     plan = plan_memory(gen, device)
@@ -201,7 +204,7 @@ def load_flux_pipeline(
             f"[generator] quantization = {plan.quantization!r} needs bitsandbytes and a CUDA GPU",
             hint='`pip install bitsandbytes` on a CUDA machine, or use quantization = "fp8_storage"',
         )
-    if plan.memory != gen.memory or plan.quantization != gen.quantization:
+    if device.type == "cuda" and (plan.memory != gen.memory or plan.quantization != gen.quantization):
         logger.info("memory mode %s, quantization %s (%s)", plan.memory, plan.quantization, plan.reason)
 
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": None if allow_pickle else True}
