@@ -209,7 +209,7 @@ def test_training_without_the_cache_encodes_each_step_and_learns_the_same(traine
     expected = load_file(result.epoch_files[1])
     got = load_file(uncached.epoch_files[1])
     for key in expected:
-        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-4)  # float noise of 12 steps
 
 
 def test_changed_lora_rank_does_not_resume_a_state_of_another_rank(trained, tmp_path):

@@ -24,7 +24,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -253,8 +253,10 @@ def _read_examples(folder: Path, image_ids: list[str]) -> list[Example]:
 
 def _load_component(loader: Any, source: str, config: ZireliaConfig, **kwargs: Any) -> Any:
     """`loader(source, **kwargs)` (a `from_pretrained`), with the hub's failures explained as in generation."""
+    from zirelia_local.console import quiet_library_progress
     from zirelia_local.flux import _explain_load_failure, _hub_token
 
+    quiet_library_progress()
     # Safetensors only, unless the user opted in to pickled weights ([run] allow_pickle).
     kwargs.setdefault("use_safetensors", None if config.run.allow_pickle else True)
     if not Path(source).exists():
@@ -452,7 +454,7 @@ def _train(config, plan, examples, out_dir, name, resume) -> TrainingResult:
 
     train = config.train
     info(_describe(plan))
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     device = torch.device(plan.device)
     weight_dtype = getattr(torch, plan.weight_dtype)
 

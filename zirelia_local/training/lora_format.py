@@ -30,7 +30,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ def kohya_metadata(
     started_at: datetime | None = None,
 ) -> dict[str, str]:
     """The `ss_*` and `modelspec.*` metadata sd-scripts writes into a FLUX LoRA (all values are strings)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     metadata: dict[str, str] = {
         "ss_network_module": "networks.lora_flux",
         "ss_network_dim": str(network_dim),
