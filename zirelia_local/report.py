@@ -198,10 +198,13 @@ def _summary(config: ZireliaConfig, selection: dict[str, Any] | None, run_dir: P
         f"<b>Chosen epoch: {_e(epoch)}</b> ({_e(selection.get('lora'))}"
         + (f" &rarr; {_e(best.name)}" if best.is_file() else "")
         + ")<br>",
-        f"<b>Why:</b> {_e(selection.get('reason'))}<br>",
-        f"The critic accepted <b>{accepted} of {images}</b> evaluation images (all epochs, after retries).",
+        f"<b>Why:</b> {_e(selection.get('reason'))}",
     ]
-    if not chosen_by_scores:
+    if chosen_by_scores:
+        lines.append(
+            f"<br>The critic accepted <b>{accepted} of {images}</b> evaluation images (all epochs, after retries)."
+        )
+    else:
         lines.append(
             "<br><b>The critic could not confirm the persona in any image</b>; see the evaluation grids below "
             "for each image's reasons."

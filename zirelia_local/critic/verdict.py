@@ -76,9 +76,9 @@ class Verdict:
 
     @property
     def reasons(self) -> list[str]:
-        """One sentence per check that failed or could not be made (all of them when accepted)."""
+        """One sentence per check that failed or could not be made; when accepted, every check that ran."""
         if self.accepted:
-            return [check.reason for check in self.checks if check.status == PASS]
+            return [check.reason for check in self.checks if check.status in (PASS, UNAVAILABLE)]
         return [check.reason for check in self.checks if check.status in (FAIL, UNAVAILABLE) or check.blocks]
 
     @property
