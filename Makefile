@@ -21,11 +21,11 @@ demo: $(VENV)/.installed
 	$(PY) -m zirelia_local.train configs/demo.toml
 
 test: $(VENV)/.installed
-	$(PY) -m ruff check zirelia_local tests scripts benchmarks
+	$(PY) -m ruff check
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check zirelia_local tests scripts benchmarks
+	$(PY) -m ruff check
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run_all.py

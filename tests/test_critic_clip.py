@@ -50,13 +50,21 @@ def test_folder_without_safetensors_weights_is_unavailable(clip_folder, tmp_path
     assert availability.scorer is None and "no .safetensors CLIP weights" in availability.reason
 
 
-def test_pickled_weights_file_is_refused(clip_folder, tmp_path):
-    pickled = tmp_path / "weights.bin"
-    pickled.write_bytes(b"not loaded")
-    with pytest.raises(ZireliaError, match=r"not a \.safetensors file"):
-        load_clip_scorer(CriticConfig(clip_model=str(clip_folder), clip_pretrained=str(pickled)))
-    with pytest.raises(ZireliaError, match=r"not a \.safetensors file"):
-        load_clip_scorer(CriticConfig(clip_model="ViT-B-32", clip_pretrained=str(pickled)))
+def test_pickled_weights_are_refused_unless_the_run_allows_pickles(clip_folder, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(load_file(clip_folder / "open_clip_model.safetensors"), pickled)  # our own pickle, for the opt-in
+    for model in (str(clip_folder), "ViT-B-32"):
+        with pytest.raises(ZireliaError, match="is a pickled file"):
+            load_clip_scorer(CriticConfig(clip_model=model, clip_pretrained=str(pickled)))
+    opted_in = load_clip_scorer(
+        CriticConfig(clip_model=str(clip_folder), clip_pretrained=str(pickled)), allow_pickle=True
+    )
+    reference = load_clip_scorer(CriticConfig(clip_model=str(clip_folder)))
+    image = noise(64, seed=5)
+    assert opted_in.scorer.score([image], ["a photo"]) == pytest.approx(reference.scorer.score([image], ["a photo"]))
 
 
 def test_missing_file_unknown_tag_and_unknown_model_are_errors(tmp_path):

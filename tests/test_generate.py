@@ -8,10 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
-import tomllib
 from PIL import Image
 
 from tests.conftest import REPO, write_config
@@ -27,7 +27,10 @@ def test_image_is_the_same_alone_or_in_a_batch(tmp_path, tiny_pipe):
     prompts = ["a man smiling in a park", "a man in a suit, neon light", "profile view on a beach"]
     batch = render_batch(tiny_pipe, prompts, [11, 22, 33], config)
     alone = render_batch(tiny_pipe, prompts[1:2], [22], config)
-    assert np.array_equal(np.asarray(batch[1]), np.asarray(alone[0]))
+    # Equal up to float rounding: matmul kernels may sum in another order for another batch size,
+    # which can flip the last bit of a pixel; a wrong generator per image changes everything.
+    difference = np.abs(np.asarray(batch[1], np.int16) - np.asarray(alone[0], np.int16))
+    assert difference.max() <= 1
     assert not np.array_equal(np.asarray(batch[0]), np.asarray(batch[1]))
     assert batch[0].size == (64, 64)
 
@@ -111,7 +114,12 @@ def test_sigkill_mid_run_resumes_with_nothing_lost_duplicated_or_truncated(tmp_p
     assert len(result.generation.generated) + len(result.generation.skipped) == count
     assert len(result.generation.skipped) >= killed_with
     final = {r["id"]: r["sha256"] for r in Manifest(config.run_dir)}
-    assert final == expected
+    assert final.keys() == expected.keys()
+    for image_id in expected:
+        # The resumed run batches the remaining images differently: equal up to a pixel's last bit.
+        resumed = np.asarray(Image.open(config.run_dir / "images" / f"{image_id}.png"), np.int16)
+        uninterrupted = np.asarray(Image.open(reference.run_dir / "images" / f"{image_id}.png"), np.int16)
+        assert np.abs(resumed - uninterrupted).max() <= 1, image_id
     assert not list((config.run_dir / "images").glob(".*.tmp"))
     assert sorted(p.name for p in (config.run_dir / "images").iterdir()) == sorted(f"{i}.png" for i in expected)
 

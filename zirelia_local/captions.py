@@ -55,6 +55,16 @@ def selected_records(manifest: Manifest) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: r.get("index", 0))
 
 
+def _owner_id(file_name: str, wanted: set[str]) -> str | None:
+    """The image id a file in train_data/ belongs to: its stem, or a prefix of it ending before a '_'."""
+    stem = file_name.split(".")[0]
+    while stem:
+        if stem in wanted:
+            return stem
+        stem = stem.rpartition("_")[0]
+    return None
+
+
 def caption_text(record: dict[str, Any]) -> str:
     # sd-scripts reads only the first line of a caption file and asserts it is not empty.
     return " ".join(str(record["caption"]).split())
@@ -116,9 +126,7 @@ def write_training_set(
 
     # Drop what is no longer selected, including sd-scripts' caches beside it (<stem>_<W>x<H>_flux.npz ...).
     for path in folder.iterdir():
-        stem = path.name.split(".")[0].split("_flux")[0]
-        owner = next((w for w in wanted if stem == w or stem.startswith(w + "_")), None)
-        if owner is None and path.is_file():
+        if path.is_file() and _owner_id(path.name, wanted) is None:
             path.unlink()
 
     for record in records:
@@ -129,7 +137,7 @@ def write_training_set(
         caption_path = folder / f"{record['id']}{CAPTION_EXTENSION}"
         text = caption_text(record) + "\n"
         if not caption_path.exists() or caption_path.read_text(encoding="utf-8") != text:
-            atomic_write_text(caption_path, text)
+            atomic_write_text(caption_path, text, durable=False)  # recomputed and compared on every run
 
     train_resolution = min(
         resolution or config.train.resolution or config.dataset.resolution, config.dataset.resolution

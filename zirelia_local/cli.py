@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -28,33 +29,47 @@ def configure_logging(verbose: bool = False) -> None:
     for name in ("diffusers", "transformers", "accelerate", "huggingface_hub", "PIL", "matplotlib", "urllib3"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import diffusers.utils.logging as diffusers_logging
-        import transformers.utils.logging as transformers_logging
-
-        diffusers_logging.set_verbosity_error()
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.set_verbosity_error()
-        transformers_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    # Through the environment, so commands that never load a model do not pay for importing diffusers.
+    level = "info" if verbose else "error"
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", level)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", level)
+    if not verbose:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("ZIRELIA_QUIET_LIBRARIES", "1")
 
 
 def run_guarded(action: Callable[[], int | None]) -> int:
     """Run a command: user-facing errors become a message and an exit code, never a traceback."""
+    from rich.markup import escape
+
     from zirelia_local.console import console
 
     try:
         code = action()
     except ZireliaError as error:
         label = "config error" if isinstance(error, ConfigError) else "error"
-        console.print(f"[bold red]{label}:[/bold red] {error.message}", markup=True, highlight=False)
+        # Messages name config sections ("[curate] threshold"): escape them, or rich takes them for markup.
+        console.print(f"[bold red]{label}:[/bold red] {escape(error.message)}", markup=True, highlight=False)
         if error.hint:
-            console.print(f"[cyan]hint:[/cyan] {error.hint}", highlight=False)
+            console.print(f"[cyan]hint:[/cyan] {escape(error.hint)}", highlight=False)
         return error.exit_code
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: everything finished so far is saved; rerun to resume")
         return 130
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        where = f" while writing {error.filename}" if error.filename else ""
+        console.print(
+            f"[bold red]error:[/bold red] the disk is full{where} ({error.strerror}). Every file is written "
+            "atomically, so nothing was left half-written.",
+            highlight=False,
+        )
+        console.print(
+            "[cyan]hint:[/cyan] free some space (or use --run-dir on another disk) and rerun: finished work is kept",
+            highlight=False,
+        )
+        return 1
     return int(code or 0)
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import re
 import string
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from zirelia_local.errors import ConfigError
@@ -198,8 +198,10 @@ class CurateConfig(_Section):
     insightface_model: NonEmptyStr = Field(default="buffalo_l", description="insightface model pack name.")
     threshold: float | None = Field(
         default=None,
-        description="Same-person threshold in the embedder's own similarity; default: the model's documented "
-        "value (dlib: distance 0.6, insightface: cosine 0.4).",
+        gt=0,
+        le=2,
+        description="Same-person limit on the embedder's distance scale (lower = more alike); default: the model's "
+        "documented value (dlib: euclidean distance 0.6; insightface: 1 - cosine = 0.6, i.e. cosine similarity 0.4).",
     )
     min_face_size: int = Field(default=64, ge=8, description="Smallest face box side, in pixels, kept for training.")
     min_detection_score: float = Field(default=0.5, ge=0.0, le=1.0, description="Lowest detector score accepted.")
@@ -216,7 +218,16 @@ class CurateConfig(_Section):
         default_factory=list,
         description="Photos of the persona to use as the identity anchor instead of the largest cluster.",
     )
-    device: str = Field(default="auto", description="`auto`, `cpu` or `cuda` (insightface's onnxruntime provider).")
+    device: str = Field(
+        default="auto", description="`auto`, `cpu`, `cuda` or `cuda:N` (insightface's onnxruntime provider)."
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return value
 
     @model_validator(mode="after")
     def _min_below_target(self) -> CurateConfig:
@@ -375,6 +386,11 @@ class RunConfig(_Section):
     """Where the run's files go."""
 
     dir: Path | None = Field(default=None, description="Run directory (default: runs/<trigger_word>).")
+    allow_pickle: bool = Field(
+        default=False,
+        description="Allow pickled weights (.ckpt/.pt/.bin) from user paths. Unpickling can run code hidden in "
+        "the file: leave off unless you trust the source; safetensors files are always accepted.",
+    )
 
 
 class ZireliaConfig(_Section):
@@ -432,7 +448,7 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for item in error.errors(include_url=False):
         key = _format_location(tuple(part for part in item["loc"] if not _is_union_tag(part)))
-        message = item["msg"]
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; `zirelia config-reference` lists every key)"
         elif item["type"] == "missing":

@@ -80,3 +80,17 @@ def progress_bar(description: str, total: float | None, unit: str = "it") -> Ite
                 progress.update(task, advance=amount, status=status)
 
         yield advance
+
+
+def quiet_library_progress() -> None:
+    """Hide diffusers' and transformers' own progress bars (loading shards...) behind ours, unless verbose.
+
+    Called by the code that imports those libraries anyway, so light commands never import them.
+    """
+    if not os.environ.get("ZIRELIA_QUIET_LIBRARIES"):
+        return
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()

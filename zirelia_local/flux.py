@@ -177,11 +177,19 @@ def _explain_load_failure(model: str, error: BaseException) -> ZireliaError:
     )
 
 
-def load_flux_pipeline(gen: GeneratorConfig, *, device: torch.device | None = None) -> FluxPipeline:
-    """Load the configured FluxPipeline onto `device` (default: `gen.device`) with its memory mode applied."""
+def load_flux_pipeline(
+    gen: GeneratorConfig, *, device: torch.device | None = None, allow_pickle: bool = False
+) -> FluxPipeline:
+    """Load the configured FluxPipeline onto `device` (default: `gen.device`) with its memory mode applied.
+
+    Only safetensors weights are read unless `allow_pickle` (the config's `[run] allow_pickle`) is set.
+    """
     import torch
     from diffusers import FluxPipeline
 
+    from zirelia_local.console import quiet_library_progress
+
+    quiet_library_progress()
     device = device if device is not None else resolve_device(gen.device)
     dtype = resolve_dtype(gen.dtype, device)
     plan = plan_memory(gen, device)
@@ -196,10 +204,10 @@ def load_flux_pipeline(gen: GeneratorConfig, *, device: torch.device | None = No
             f"[generator] quantization = {plan.quantization!r} needs bitsandbytes and a CUDA GPU",
             hint='`pip install bitsandbytes` on a CUDA machine, or use quantization = "fp8_storage"',
         )
-    if plan.memory != gen.memory or plan.quantization != gen.quantization:
+    if device.type == "cuda" and (plan.memory != gen.memory or plan.quantization != gen.quantization):
         logger.info("memory mode %s, quantization %s (%s)", plan.memory, plan.quantization, plan.reason)
 
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": None if allow_pickle else True}
     if not Path(source).exists():
         kwargs["revision"] = gen.revision
         kwargs["token"] = _hub_token()
@@ -222,6 +230,13 @@ def load_flux_pipeline(gen: GeneratorConfig, *, device: torch.device | None = No
         pipe = FluxPipeline.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
         if Path(source).exists():
+            pickled = sorted({p.suffix for p in Path(source).rglob("*") if p.suffix in (".bin", ".pt", ".ckpt")})
+            if pickled and not allow_pickle:
+                raise ZireliaError(
+                    f"{source} holds pickled weights ({', '.join(pickled)}) where safetensors are required",
+                    hint="re-save the pipeline with save_pretrained(safe_serialization=True), or set "
+                    "`allow_pickle = true` under [run] if you trust its source",
+                ) from error
             raise ZireliaError(f"could not load the pipeline from {source}: {error}") from error
         raise _explain_load_failure(source, error) from error
 

@@ -112,7 +112,7 @@ def generate_images(
         from zirelia_local.flux import load_flux_pipeline
 
         info(f"loading {config.generator.model} ...")
-        pipe = load_flux_pipeline(config.generator)
+        pipe = load_flux_pipeline(config.generator, allow_pickle=config.run.allow_pickle)
 
     generated: list[str] = []
     batch_size = config.generator.batch_size

@@ -19,7 +19,7 @@ def run_pipeline(config: ZireliaConfig) -> Path:
     console.rule(f"[bold]{config.persona.name}[/bold] ({config.persona.trigger_word}) -> {config.run_dir}")
     console.rule("1/5 dataset: plan, generate, caption")
     run_dataset(config)
-    console.rule("2/5 curate: keep one identity")
+    console.rule(f"2/5 curate: one identity ({config.curate.mode})")
     run_curate(config)
     console.rule("3/5 train the LoRA")
     run_training(config)

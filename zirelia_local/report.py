@@ -17,7 +17,7 @@ import io
 import json
 import os
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -450,7 +450,7 @@ def build_report_html(config: ZireliaConfig, report_dir: Path) -> tuple[str, byt
     table = (selection or {}).get("table", [])
     curves = curves_png(table, (selection or {}).get("epoch"), metrics)
     persona = config.persona
-    written = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    written = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = [
         f"<h1>{_e(persona.name)} <span class='muted'>({_e(persona.trigger_word)})</span></h1>",
         f"<p class='muted'>zirelia-local run report &middot; run directory {_e(run_dir)} &middot; written {written}</p>",

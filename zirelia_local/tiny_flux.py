@@ -20,7 +20,7 @@ from pathlib import Path
 BUILTIN_PREFIX = "builtin:"
 TINY_FLUX_NAME = "tiny-flux"
 # Bump when the architecture or the tokenizer corpus changes, so old caches are not reused.
-TINY_FLUX_VERSION = 1
+TINY_FLUX_VERSION = 2
 
 # Sizes chosen to satisfy FLUX's consistency rules while staying under a megabyte:
 # transformer in_channels = 4 x VAE latent channels; sum(axes_dims_rope) = attention_head_dim;
@@ -38,6 +38,10 @@ dress shirt blouse coat hoodie t-shirt suit leather linen white black blue red g
 long short shoulder-length curly straight wavy freckled green-eyed brown-eyed front facing camera three-quarter
 profile side waist-up full body head and shoulders looking away over the shoulder high angle low angle
 """.split()
+
+
+# Every printable ASCII character, so no prompt character maps to <unk>.
+_ALPHABET = "".join(chr(code) for code in range(33, 127))
 
 
 def cache_root() -> Path:
@@ -96,7 +100,7 @@ def _train_clip_tokenizer(folder: Path) -> None:
     bpe = Tokenizer(models.BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=600,
+        vocab_size=1000,
         special_tokens=["<|startoftext|>", "<|endoftext|>"],
         end_of_word_suffix="</w>",
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -126,9 +130,10 @@ def _train_t5_tokenizer(folder: Path) -> None:
     unigram.pre_tokenizer = pre_tokenizers.Metaspace()
     unigram.decoder = decoders.Metaspace()
     trainer = trainers.UnigramTrainer(
-        vocab_size=400,
+        vocab_size=1000,
         special_tokens=["<pad>", "</s>", "<unk>"],
         unk_token="<unk>",
+        initial_alphabet=list(_ALPHABET),
         show_progress=False,
     )
     unigram.train_from_iterator(_corpus(), trainer=trainer)
@@ -147,10 +152,10 @@ def _train_t5_tokenizer(folder: Path) -> None:
 
 
 def _corpus() -> list[str]:
-    # Fixed sentences so the trained vocabularies are identical on every machine.
+    # Fixed sentences so the trained vocabularies are identical on every machine; commas as in prompts.
     words = _CORPUS_WORDS
-    lines = [" ".join(words[i : i + 12]) for i in range(0, len(words), 5)]
-    return lines * 4
+    lines = [", ".join(" ".join(words[j : j + 3]) for j in range(i, i + 12, 3)) for i in range(0, len(words), 5)]
+    return [*lines, _ALPHABET, " ".join(_ALPHABET)] * 4
 
 
 def build_tiny_flux(folder: Path) -> Path:

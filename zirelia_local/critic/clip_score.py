@@ -8,7 +8,8 @@ Weights come only from a file the user names or from open_clip's own pretrained 
   which open_clip fetches from the hub or finds in the Hugging Face cache; for a folder, None means the
   folder's own `.safetensors` weights.
 
-User files are read with safetensors only (never torch.load). With no weights configured the score is
+User files are read with safetensors only, unless `[run] allow_pickle` opts in to pickled weights (then read with
+`torch.load(weights_only=True)`). With no weights configured the score is
 unavailable (a random CLIP would only produce noise), and every verdict records that instead of guessing.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from zirelia_local.config import CriticConfig
 from zirelia_local.errors import ZireliaError
+from zirelia_local.security import PICKLE_SUFFIXES, require_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -97,22 +99,20 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _folder_weights(folder: Path) -> Path | None:
+def _folder_weights(folder: Path, allow_pickle: bool) -> Path | None:
     for name in PREFERRED_WEIGHTS:
         if (folder / name).is_file():
             return folder / name
     found = sorted(folder.glob("*.safetensors"))
+    if not found and allow_pickle:
+        found = sorted(path for path in folder.iterdir() if path.suffix in PICKLE_SUFFIXES)
     return found[0] if found else None
 
 
-def _safetensors_file(value: str | Path, what: str) -> Path:
-    path = Path(value).expanduser()
-    if path.suffix != ".safetensors":
-        raise ZireliaError(
-            f"{what} {path} is not a .safetensors file; zirelia-local loads CLIP weights from safetensors only "
-            "(pickled .bin/.pt files can run code when loaded)",
-            hint="convert it once with safetensors.torch.save_file, or download the .safetensors variant",
-        )
+def _weights_file(value: str | Path, what: str, allow_pickle: bool) -> Path:
+    path = require_safetensors(Path(value).expanduser(), what, allow_pickle=allow_pickle)
+    if path.suffix != ".safetensors" and path.suffix not in PICKLE_SUFFIXES:
+        raise ZireliaError(f"{what} {path} is not a .safetensors file", hint=WEIGHTS_HINT)
     if not path.is_file():
         raise ZireliaError(f"{what} {path} does not exist", hint=WEIGHTS_HINT)
     return path
@@ -122,7 +122,7 @@ def _looks_like_path(value: str) -> bool:
     return value.endswith((".safetensors", ".bin", ".pt", ".pth")) or "/" in value or value.startswith(("~", "."))
 
 
-def load_clip_scorer(critic: CriticConfig, *, device: Any = "cpu") -> ClipAvailability:
+def load_clip_scorer(critic: CriticConfig, *, device: Any = "cpu", allow_pickle: bool = False) -> ClipAvailability:
     """Load the configured CLIP model, or say why prompt adherence cannot be scored.
 
     A configured source that cannot be loaded is an error (the user asked for it); no source at all is
@@ -143,9 +143,9 @@ def load_clip_scorer(critic: CriticConfig, *, device: Any = "cpu") -> ClipAvaila
                 "architecture name such as 'ViT-B-32'",
             )
         if pretrained is not None:
-            weights = _safetensors_file(pretrained, "[critic] clip_pretrained")
+            weights = _weights_file(pretrained, "[critic] clip_pretrained", allow_pickle)
         else:
-            weights = _folder_weights(folder)
+            weights = _folder_weights(folder, allow_pickle)
             if weights is None:
                 return ClipAvailability(None, f"no .safetensors CLIP weights in {folder}; {WEIGHTS_HINT}")
         model_cfg = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")).get("model_cfg")
@@ -167,7 +167,7 @@ def load_clip_scorer(critic: CriticConfig, *, device: Any = "cpu") -> ClipAvaila
             )
         name = model_spec
         if _looks_like_path(pretrained):
-            weights = _safetensors_file(pretrained, "[critic] clip_pretrained")
+            weights = _weights_file(pretrained, "[critic] clip_pretrained", allow_pickle)
             with _quiet_root_logger():
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     model_spec, pretrained=None, load_weights=False, device="cpu"
@@ -188,7 +188,9 @@ def load_clip_scorer(critic: CriticConfig, *, device: Any = "cpu") -> ClipAvaila
                 ) from error
     if weights is not None:
         try:
-            open_clip.load_checkpoint(model, str(weights), strict=True)
+            # A .safetensors file is read by safetensors; a pickle only gets here with [run] allow_pickle,
+            # and then with torch.load(weights_only=True).
+            open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True)
         except Exception as error:  # shape or key mismatch: the file is for another architecture
             raise ZireliaError(
                 f"CLIP weights {weights} do not fit the {model_spec} architecture: {error}",

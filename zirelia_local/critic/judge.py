@@ -83,7 +83,7 @@ class Critic:
             )
             warn(escape(missing))
         if clip is None:
-            clip = load_clip_scorer(config.critic)
+            clip = load_clip_scorer(config.critic, allow_pickle=config.run.allow_pickle)
             if clip.scorer is None:
                 warn(escape(f"prompt adherence will not be scored: {clip.reason}"))
         return cls(config.critic, embedder, reference, clip, reference_missing_reason=missing)

@@ -44,7 +44,7 @@ from zirelia_local.files import (
     sha256_file,
     write_jsonl,
 )
-from zirelia_local.security import redact
+from zirelia_local.security import redact, require_safetensors
 
 if TYPE_CHECKING:
     from diffusers import FluxPipeline
@@ -232,12 +232,14 @@ class FluxLoraRenderer:
         return self._pipe
 
     def load_lora(self, lora: Path, epoch: int) -> None:
-        if lora.suffix != ".safetensors":
-            raise ZireliaError(f"{lora} is not a .safetensors file", hint="LoRA files are loaded from safetensors only")
+        allow_pickle = self.config.run.allow_pickle
+        require_safetensors(lora, "LoRA file", allow_pickle=allow_pickle)
         adapter = f"zirelia_epoch_{epoch}"
         try:
             with _quiet_logger("diffusers.loaders.lora_base"):  # "no LoRA keys for CLIPTextModel": expected
-                self.pipe.load_lora_weights(str(lora), adapter_name=adapter, use_safetensors=True)
+                self.pipe.load_lora_weights(
+                    str(lora), adapter_name=adapter, use_safetensors=None if allow_pickle else True
+                )
         except Exception as error:  # diffusers raises ValueError/KeyError/RuntimeError for keys it cannot map
             raise ZireliaError(
                 f"could not load the LoRA {lora} into {type(self.pipe).__name__}: {error}",

@@ -61,6 +61,11 @@ class FaceEmbedder(ABC):
     def detect(self, image: Any) -> list[DetectedFace]:
         """Faces in one image (PIL image, path, or RGB uint8 array), largest first."""
 
+    @property
+    def model_id(self) -> str:
+        """Names the exact model, so cached embeddings of another model are never reused."""
+        return self.name
+
     def detect_batch(self, images: Sequence[Any]) -> list[list[DetectedFace]]:
         """Faces in several images; models that can batch override this."""
         return [self.detect(image) for image in images]
