@@ -21,7 +21,7 @@ def run_pipeline(config: ZireliaConfig) -> Path:
     run_dataset(config)
     console.rule(f"2/5 curate: one identity ({config.curate.mode})")
     run_curate(config)
-    console.rule("3/5 train the LoRA")
+    console.rule(f"3/5 train: LoRA ({config.train.backend} backend)")
     run_training(config)
     console.rule("4/5 critic: score the epochs, pick the best")
     run_critic(config)
