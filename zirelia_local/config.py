@@ -347,6 +347,34 @@ class CriticConfig(_Section):
     dark_threshold: float = Field(default=0.08, ge=0, le=1, description="Mean brightness below this: underexposed.")
     bright_threshold: float = Field(default=0.92, ge=0, le=1, description="Mean brightness above this: overexposed.")
     min_face_size: int = Field(default=64, ge=8, description="Smallest face box side in evaluation images.")
+    second_face_ratio: float = Field(
+        default=0.5,
+        gt=0,
+        le=1.0,
+        description="A second face at least this fraction of the main face's size counts as another main face "
+        "(the image then fails `exactly one main face`); smaller ones are background faces and are ignored.",
+    )
+    face_edge_margin: int = Field(
+        default=2,
+        ge=0,
+        description="A face box closer than this many pixels to the image border counts as cut off by the frame.",
+    )
+    retry_lora_scale_step: float = Field(
+        default=0.15,
+        ge=0,
+        le=1.0,
+        description="How much a retry raises the LoRA scale when the identity was too weak.",
+    )
+    max_retry_lora_scale: float = Field(
+        default=1.5, gt=0, le=2.0, description="Highest LoRA scale a retry may raise it to."
+    )
+    max_clip_drop: float = Field(
+        default=0.03,
+        ge=0,
+        le=1.0,
+        description="Epoch selection: an epoch whose mean CLIP score falls more than this below the best epoch's "
+        "has collapsed prompt adherence (overfitting) and is not chosen.",
+    )
     steps: int | None = Field(default=None, ge=1, description="Denoising steps (default: generator.steps).")
     guidance: float | None = Field(default=None, ge=0, description="FLUX guidance (default: generator.guidance).")
     resolution: int | None = Field(

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from zirelia_local.config import ZireliaConfig
 from zirelia_local.console import console, info
 
 
-def run_pipeline(config: ZireliaConfig) -> None:
+def run_pipeline(config: ZireliaConfig) -> Path:
+    """dataset -> curate -> train -> critic -> report; returns the report's path."""
+    from zirelia_local.critic import run_critic
     from zirelia_local.curate import run_curate
     from zirelia_local.dataset import run_dataset
+    from zirelia_local.report import write_report
     from zirelia_local.training import run_training
 
     console.rule(f"[bold]{config.persona.name}[/bold] ({config.persona.trigger_word}) -> {config.run_dir}")
-    console.rule("1/3 dataset: plan, generate, caption")
+    console.rule("1/5 dataset: plan, generate, caption")
     run_dataset(config)
-    console.rule(f"2/3 curate: one identity ({config.curate.mode})")
+    console.rule(f"2/5 curate: one identity ({config.curate.mode})")
     run_curate(config)
-    console.rule(f"3/3 train: LoRA ({config.train.backend} backend)")
-    result = run_training(config)
-    files = ", ".join(f"{epoch}: {path.name}" for epoch, path in result.epoch_files.items())
-    info(
-        f"[bold]done.[/bold] LoRA epochs in {result.output_dir}: {files or 'none'}. The critic is not built yet: "
-        "no epoch was scored."
-    )
+    console.rule(f"3/5 train: LoRA ({config.train.backend} backend)")
+    run_training(config)
+    console.rule("4/5 critic: score the epochs, pick the best")
+    run_critic(config)
+    console.rule("5/5 report")
+    report = write_report(config)
+    info(f"[bold]done.[/bold] report: {report}")
+    return report

@@ -1,0 +1,503 @@
+"""`zirelia critic CONFIG`: draw the evaluation images with every saved epoch's LoRA, judge them, retry the
+rejected ones with adjusted prompts, pick the best epoch and write `best.safetensors`.
+
+The base FLUX pipeline is loaded once; each epoch's LoRA is loaded with `load_lora_weights` as its own
+adapter, its scale set with `set_adapters`, and deleted after the epoch. Files, in `<run_dir>/critic/`:
+
+- `epoch_<NNNNNN>/p<prompt>_s<seed>_a<attempt>.png`: every attempt (the PNG records prompt, seed, scale);
+- `epoch_<NNNNNN>/results.json`: that epoch's attempt records and the key they were made under (LoRA file
+  hash + settings); a rerun reuses an epoch whose key still matches, so a crash loses at most one epoch;
+- `scores.jsonl`: one line per attempt (epoch, prompt, seed, attempt, adjusted prompt, LoRA scale, scores,
+  reasons, verdict), rewritten whole at the end;
+- `selection.json`: the score table, the chosen epoch and why; and `<run_dir>/best.safetensors`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from rich.markup import escape
+
+from zirelia_local.config import ZireliaConfig
+from zirelia_local.console import console, info, progress_bar, warn
+from zirelia_local.critic.judge import Critic
+from zirelia_local.critic.retry import Attempt, first_attempt, next_attempt
+from zirelia_local.critic.selection import EpochScore, Selection, select_epoch, summarize_epoch
+from zirelia_local.critic.verdict import FAILURE_LABELS
+from zirelia_local.errors import ZireliaError
+from zirelia_local.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    link_or_copy,
+    png_bytes,
+    sha256_file,
+    write_jsonl,
+)
+from zirelia_local.security import redact, require_safetensors
+
+if TYPE_CHECKING:
+    from diffusers import FluxPipeline
+
+CRITIC_DIR = "critic"
+SCORES_NAME = "scores.jsonl"
+SELECTION_NAME = "selection.json"
+RESULTS_NAME = "results.json"
+BEST_NAME = "best.safetensors"
+
+
+@dataclass
+class CriticResult:
+    selection: Selection
+    table: list[EpochScore]
+    best_file: Path | None
+    scores_file: Path
+    selection_file: Path
+
+
+@dataclass(frozen=True)
+class EvaluationItem:
+    """One evaluation image: a scene and a seed, the same for every epoch."""
+
+    prompt_index: int
+    scene: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"p{self.prompt_index:02d}_s{self.seed}"
+
+
+def epoch_dir(run_dir: Path, epoch: int) -> Path:
+    return Path(run_dir) / CRITIC_DIR / f"epoch_{epoch:06d}"
+
+
+def evaluation_items(config: ZireliaConfig) -> list[EvaluationItem]:
+    return [
+        EvaluationItem(index, scene, seed)
+        for index, scene in enumerate(config.critic.prompts)
+        for seed in config.critic.seeds
+    ]
+
+
+def clip_text(config: ZireliaConfig, scene: str) -> str:
+    """What CLIP compares the image with: the class phrase and the scene (a trigger word means nothing to CLIP)."""
+    return f"a photo of {config.persona.caption_phrase}, {scene}"
+
+
+def evaluation_size(config: ZireliaConfig) -> int:
+    return config.critic.resolution or config.dataset.resolution
+
+
+def evaluation_generation_config(config: ZireliaConfig) -> ZireliaConfig:
+    """A copy of the config whose generator steps and guidance are the critic's."""
+    copy = config.model_copy(deep=True)
+    copy._source = config.source
+    if config.critic.steps is not None:
+        copy.generator.steps = config.critic.steps
+    if config.critic.guidance is not None:
+        copy.generator.guidance = config.critic.guidance
+    return copy
+
+
+def epochs_to_score(files: dict[int, Path], wanted: str | list[int]) -> dict[int, Path]:
+    if wanted == "all":
+        return files
+    if wanted == "last":
+        last = max(files)
+        return {last: files[last]}
+    missing = sorted(set(wanted) - set(files))
+    if missing:
+        raise ZireliaError(
+            f"[critic] epochs lists {missing}, but only epochs {sorted(files)} were saved",
+            hint='use epochs = "all", "last", or a list of saved epochs',
+        )
+    return {epoch: files[epoch] for epoch in sorted(set(wanted))}
+
+
+def invocation() -> str:
+    """The command line of this process, as the user typed it (tokens redacted)."""
+    import shlex
+
+    argv = list(sys.argv)
+    program = Path(argv[0]).name if argv else ""
+    parts = Path(argv[0]).parts if argv else ()
+    if program == "train.py" and "zirelia_local" in parts:
+        command = ["python", "-m", "zirelia_local.train", *argv[1:]]
+    elif program == "__main__.py" and "zirelia_local" in parts:
+        command = ["python", "-m", "zirelia_local", *argv[1:]]
+    elif program == "zirelia":
+        command = ["zirelia", *argv[1:]]
+    else:
+        command = [Path(sys.executable).name, *argv]
+    return redact(shlex.join(command))
+
+
+def _settings(config: ZireliaConfig) -> dict[str, Any]:
+    critic = config.critic
+    generation = evaluation_generation_config(config)
+    return {
+        "model": config.generator.model,
+        "steps": generation.generator.steps,
+        "guidance": generation.generator.guidance,
+        "max_sequence_length": config.generator.max_sequence_length,
+        "size": evaluation_size(config),
+        "prompts": list(critic.prompts),
+        "seeds": list(critic.seeds),
+        "lora_scale": critic.lora_scale,
+        "max_retries": critic.max_retries,
+        "trigger_word": config.persona.trigger_word,
+        "caption_phrase": config.persona.caption_phrase,
+    }
+
+
+def _epoch_key(config: ZireliaConfig, lora: Path, critic: Critic) -> str:
+    """What an epoch's results depend on: the LoRA's bytes, the critic settings, the reference, the models."""
+    identity = config.run_dir / "identity.safetensors"
+    parts = {
+        "lora": sha256_file(lora),
+        "critic": config.critic.model_dump(mode="json"),
+        "settings": _settings(config),
+        "embedder": critic.embedder.name,
+        "identity": sha256_file(identity) if identity.is_file() else None,
+        "clip": critic.clip.source,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _cached_records(folder: Path, key: str, run_dir: Path) -> list[dict[str, Any]] | None:
+    path = folder / RESULTS_NAME
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    records = saved.get("attempts")
+    if saved.get("key") != key or not isinstance(records, list):
+        return None
+    if not all((run_dir / record["image"]).is_file() for record in records):
+        return None
+    return records
+
+
+@contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+class EvaluationRenderer(Protocol):
+    """Draws evaluation images with one epoch's LoRA at a time."""
+
+    def load_lora(self, lora: Path, epoch: int) -> None: ...
+
+    def render(self, prompts: list[str], seeds: list[int], lora_scale: float) -> list[Any]: ...
+
+    def unload_lora(self) -> None: ...
+
+
+class FluxLoraRenderer:
+    """The base FLUX pipeline, loaded once (on first use), with one epoch's LoRA as an adapter at a time."""
+
+    def __init__(self, config: ZireliaConfig, pipe: FluxPipeline | None = None) -> None:
+        self.config = config
+        self.generation = evaluation_generation_config(config)
+        self.size = evaluation_size(config)
+        self._pipe = pipe
+        self._adapter: str | None = None
+
+    @property
+    def pipe(self) -> FluxPipeline:
+        if self._pipe is None:
+            from zirelia_local.flux import load_flux_pipeline
+
+            info(f"loading {self.config.generator.model} for the evaluation images ...")
+            self._pipe = load_flux_pipeline(self.config.generator)
+        return self._pipe
+
+    def load_lora(self, lora: Path, epoch: int) -> None:
+        allow_pickle = self.config.run.allow_pickle
+        require_safetensors(lora, "LoRA file", allow_pickle=allow_pickle)
+        adapter = f"zirelia_epoch_{epoch}"
+        try:
+            with _quiet_logger("diffusers.loaders.lora_base"):  # "no LoRA keys for CLIPTextModel": expected
+                self.pipe.load_lora_weights(
+                    str(lora), adapter_name=adapter, use_safetensors=None if allow_pickle else True
+                )
+        except Exception as error:  # diffusers raises ValueError/KeyError/RuntimeError for keys it cannot map
+            raise ZireliaError(
+                f"could not load the LoRA {lora} into {type(self.pipe).__name__}: {error}",
+                hint="check that it was trained for this base model ([generator] model) and is complete",
+            ) from error
+        self._adapter = adapter
+
+    def render(self, prompts: list[str], seeds: list[int], lora_scale: float) -> list[Any]:
+        from zirelia_local.generate import render_batch
+
+        if self._adapter is None:
+            raise RuntimeError("load_lora first")
+        self.pipe.set_adapters([self._adapter], adapter_weights=[lora_scale])
+        return render_batch(self.pipe, prompts, seeds, self.generation, size=self.size)
+
+    def unload_lora(self) -> None:
+        if self._adapter is not None:
+            self.pipe.delete_adapters(self._adapter)
+            self._adapter = None
+
+
+def evaluate_epoch(
+    renderer: EvaluationRenderer,
+    critic: Critic,
+    config: ZireliaConfig,
+    epoch: int,
+    lora: Path,
+    items: list[EvaluationItem],
+) -> list[dict[str, Any]]:
+    """Draw and judge every evaluation item with this epoch's LoRA, retrying rejected ones; attempt records."""
+    run_dir = config.run_dir
+    folder = epoch_dir(run_dir, epoch)
+    if folder.exists():
+        shutil.rmtree(folder)  # stale attempts of an older LoRA or other settings
+    folder.mkdir(parents=True)
+    batch_size = config.generator.batch_size
+    lora_name = os.path.relpath(lora, run_dir)
+    records: list[dict[str, Any]] = []
+    pending: list[tuple[EvaluationItem, Attempt]] = [
+        (item, first_attempt(item.scene, item.seed, config.critic)) for item in items
+    ]
+    renderer.load_lora(lora, epoch)
+    try:
+        with progress_bar(f"critic epoch {epoch}", total=len(items), unit="img") as advance:
+            while pending:
+                retries: list[tuple[EvaluationItem, Attempt]] = []
+                # Attempts that share a LoRA scale are drawn together, in batches of generator.batch_size.
+                by_scale: dict[float, list[tuple[EvaluationItem, Attempt]]] = defaultdict(list)
+                for item, attempt in pending:
+                    by_scale[attempt.lora_scale].append((item, attempt))
+                for scale, group in by_scale.items():
+                    for offset in range(0, len(group), batch_size):
+                        batch = group[offset : offset + batch_size]
+                        prompts = [attempt.prompt(config) for _, attempt in batch]
+                        images = renderer.render(prompts, [attempt.seed for _, attempt in batch], scale)
+                        verdicts = critic.judge_batch(images, [clip_text(config, item.scene) for item, _ in batch])
+                        for (item, attempt), prompt, image, verdict in zip(
+                            batch, prompts, images, verdicts, strict=True
+                        ):
+                            retry = next_attempt(attempt, verdict, config.critic, item.seed)
+                            relative = f"{CRITIC_DIR}/{folder.name}/{item.key}_a{attempt.number}.png"
+                            metadata = {"prompt": prompt, "seed": str(attempt.seed), "lora": lora_name}
+                            atomic_write_bytes(run_dir / relative, png_bytes(image, metadata | {"scale": f"{scale:g}"}))
+                            records.append(
+                                _attempt_record(
+                                    config, epoch, lora_name, item, attempt, prompt, relative, verdict, retry
+                                )
+                            )
+                            if retry is not None:
+                                retries.append((item, retry))
+                            if attempt.number == 0:
+                                advance(1, status=verdict.summary[:40])
+                _log_round(epoch, pending, records, retries, config.critic.max_retries)
+                pending = retries
+    finally:
+        renderer.unload_lora()
+    return records
+
+
+def _attempt_record(
+    config: ZireliaConfig,
+    epoch: int,
+    lora_name: str,
+    item: EvaluationItem,
+    attempt: Attempt,
+    prompt: str,
+    image: str,
+    verdict: Any,
+    retry: Attempt | None,
+) -> dict[str, Any]:
+    verdict_record = verdict.to_record()
+    if verdict.accepted:
+        outcome = "accepted"
+    elif retry is not None:
+        outcome = f"retry {retry.number} of {config.critic.max_retries}"
+    elif attempt.number >= config.critic.max_retries:
+        outcome = f"rejected after {attempt.number} retries" if attempt.number else "rejected (no retries allowed)"
+    else:
+        outcome = "rejected: no retry can help (" + ", ".join(verdict.failures) + ")"
+    return {
+        "epoch": epoch,
+        "lora": lora_name,
+        "item": item.key,
+        "prompt_index": item.prompt_index,
+        "scene": item.scene,
+        "prompt": _plain_prompt(config, item.scene),
+        "seed": item.seed,
+        "attempt": attempt.number,
+        "attempt_seed": attempt.seed,
+        "adjusted_prompt": prompt,
+        "lora_scale": attempt.lora_scale,
+        "adjustments": list(attempt.adjustments),
+        "clip_text": clip_text(config, item.scene),
+        "image": image,
+        "accepted": verdict_record["accepted"],
+        "verdict": verdict_record["summary"],
+        "failures": verdict_record["failures"],
+        "reasons": verdict_record["reasons"],
+        "scores": verdict_record["scores"],
+        "checks": verdict_record["checks"],
+        "outcome": outcome,
+    }
+
+
+def _plain_prompt(config: ZireliaConfig, scene: str) -> str:
+    from zirelia_local.captions import evaluation_prompt
+
+    return evaluation_prompt(config, scene)
+
+
+def _log_round(
+    epoch: int,
+    pending: list[tuple[EvaluationItem, Attempt]],
+    records: list[dict[str, Any]],
+    retries: list[tuple[EvaluationItem, Attempt]],
+    max_retries: int,
+) -> None:
+    number = pending[0][1].number if pending else 0
+    judged = records[-len(pending) :] if pending else []
+    rejected = [record for record in judged if not record["accepted"]]
+    label = "first attempts" if number == 0 else f"retry {number}/{max_retries}"
+    if not rejected:
+        info(f"epoch {epoch}, {label}: all {len(judged)} accepted")
+        return
+    counts: dict[str, int] = defaultdict(int)
+    for record in rejected:
+        for kind in record["failures"]:
+            counts[FAILURE_LABELS.get(kind, kind)] += 1
+    why = ", ".join(f"{label} x{count}" for label, count in counts.items())
+    then = f"; retrying {len(retries)} with adjusted prompts" if retries else ""
+    info(f"epoch {epoch}, {label}: {len(rejected)} of {len(judged)} rejected ({escape(why)}){then}")
+    for item, attempt in retries:
+        info(f"  [dim]{item.key} -> retry {attempt.number}: {escape('; '.join(attempt.adjustments))}[/dim]")
+
+
+def run_critic(config: ZireliaConfig, *, renderer: EvaluationRenderer | None = None) -> CriticResult:
+    """Score every saved epoch (retrying rejected images), pick the best one, write best.safetensors.
+
+    `renderer` defaults to the configured FLUX pipeline with each epoch's LoRA (`FluxLoraRenderer`).
+    """
+    from zirelia_local.training.outputs import epoch_lora_files, train_dir
+
+    run_dir = config.run_dir
+    folder = train_dir(config)
+    files = epoch_lora_files(folder, config.lora_name)
+    if not files:
+        raise ZireliaError(
+            f"no LoRA files to judge: nothing named {config.lora_name}-<epoch>.safetensors or "
+            f"{config.lora_name}.safetensors in {folder}",
+            hint="run `zirelia train CONFIG` first (the critic scores the epochs it saves)",
+        )
+    epochs = epochs_to_score(files, config.critic.epochs)
+    critic = Critic.from_config(config)
+    items = evaluation_items(config)
+    info(
+        f"critic: {len(epochs)} epoch(s) x {len(items)} evaluation image(s), up to {config.critic.max_retries} "
+        f"retries each; identity by {critic.embedder.name}"
+        + ("" if critic.reference is not None else " (no reference identity)")
+        + escape(f", prompt adherence {'by CLIP ' + str(critic.clip.source) if critic.clip.scorer else 'not scored'}")
+    )
+    renderer = renderer if renderer is not None else FluxLoraRenderer(config)
+    all_records: list[dict[str, Any]] = []
+    table: list[EpochScore] = []
+    for epoch, lora in epochs.items():
+        key = _epoch_key(config, lora, critic)
+        folder_of_epoch = epoch_dir(run_dir, epoch)
+        records = _cached_records(folder_of_epoch, key, run_dir)
+        if records is not None:
+            info(
+                escape(f"epoch {epoch}: already judged with these settings ({folder_of_epoch / RESULTS_NAME}), reused")
+            )
+        else:
+            records = evaluate_epoch(renderer, critic, config, epoch, lora, items)
+            atomic_write_json(
+                folder_of_epoch / RESULTS_NAME,
+                {"key": key, "epoch": epoch, "lora": os.path.relpath(lora, run_dir), "attempts": records},
+            )
+        all_records.extend(records)
+        table.append(summarize_epoch(epoch, records))
+
+    critic_dir = run_dir / CRITIC_DIR
+    scores_file = write_jsonl(critic_dir / SCORES_NAME, all_records)
+    selection = select_epoch(table, max_clip_drop=config.critic.max_clip_drop)
+    best_file = None
+    if selection.epoch is not None:
+        best_file = run_dir / BEST_NAME
+        link_or_copy(epochs[selection.epoch], best_file)
+    selection_file = atomic_write_json(
+        critic_dir / SELECTION_NAME,
+        {
+            **selection.to_record(),
+            "lora": os.path.relpath(epochs[selection.epoch], run_dir) if selection.epoch is not None else None,
+            "best": BEST_NAME if best_file is not None else None,
+            "table": [row.to_record() for row in table],
+            "identity": _identity_record(critic),
+            "clip": {"source": critic.clip.source, "unavailable_reason": critic.clip.reason},
+            "settings": _settings(config),
+            "command": invocation(),
+        },
+    )
+    _print_table(table, selection)
+    if selection.basis == "identity":
+        info(
+            f"[bold]best epoch: {selection.epoch}[/bold] -> {escape(str(best_file))}\n  why: {escape(selection.reason)}"
+        )
+    else:
+        warn(escape(f"best.safetensors is epoch {selection.epoch} by default: {selection.reason}"))
+    return CriticResult(selection, table, best_file, scores_file, selection_file)
+
+
+def _identity_record(critic: Critic) -> dict[str, Any]:
+    if critic.reference is None:
+        return {"embedder": critic.embedder.name, "reference": None, "missing": critic.reference_missing_reason}
+    return {
+        "embedder": critic.embedder.name,
+        "reference": {"source": critic.reference.source, "count": critic.reference.count},
+        "threshold": critic.threshold,
+    }
+
+
+def _print_table(table: list[EpochScore], selection: Selection) -> None:
+    from rich.table import Table
+
+    def show(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    view = Table(title="critic: scores per epoch (first attempts)", title_justify="left")
+    for column in ("epoch", "faces", "identity", "CLIP", "accepted 1st", "accepted", ""):
+        view.add_column(column)
+    for row in table:
+        mark = "best" if row.epoch == selection.epoch else selection.excluded.get(row.epoch, "")[:40]
+        view.add_row(
+            str(row.epoch),
+            f"{row.faces}/{row.images}",
+            show(row.identity),
+            show(row.clip),
+            f"{row.accepted_first_try}/{row.images}",
+            f"{row.accepted}/{row.images}",
+            mark,
+        )
+    console.print(view)
