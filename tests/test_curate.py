@@ -15,6 +15,7 @@ from zirelia_local.contact_sheet import OK_COLOUR, REJECTED_COLOUR, SheetItem, c
 from zirelia_local.curate import (
     CONTACT_SHEET,
     CURATION_LOG,
+    CURATION_SUMMARY,
     FACE_CACHE,
     choose_cluster,
     run_curate,
@@ -232,6 +233,26 @@ def test_curate_cli_on_noise_stops_with_the_numbers_not_a_traceback(tmp_path):
     assert "no face 3" in text and "kept 0, needed 6" in text
     assert "hint: add more photos" in text
     assert len(list(read_jsonl(tmp_path / "run" / CURATION_LOG))) == 3  # the verdicts are written anyway
+
+    # `zirelia train` run alone afterwards must not train on what little curation kept.
+    from zirelia_local.training import run_training
+    from zirelia_local.training.outputs import train_dir
+
+    config = load_config(config_path)
+    with pytest.raises(ZireliaError, match=r"curation kept 0 image\(s\) .* fewer than the minimum 6") as caught:
+        run_training(config)
+    assert "rerun `zirelia curate CONFIG`" in caught.value.hint
+    assert not train_dir(config).exists()
+
+
+def test_training_refuses_a_set_curated_in_record_mode_once_the_config_enforces(tmp_path):
+    from zirelia_local.training import run_training
+
+    config = load_config(write_config(tmp_path))
+    config.run_dir.mkdir(parents=True)
+    (config.run_dir / CURATION_SUMMARY).write_text(json.dumps({"mode": "record", "ok": True, "kept": 6}))
+    with pytest.raises(ZireliaError, match='mode = "record"'):
+        run_training(config)
 
 
 def test_images_into_a_run_dir_with_a_generated_dataset_is_refused(tmp_path):

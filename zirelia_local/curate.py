@@ -636,6 +636,46 @@ def _shortfall_error(
     return ZireliaError(message, hint=hint)
 
 
+def check_curation_for_training(config: ZireliaConfig, *, dry_run: bool = False) -> None:
+    """Refuse to train on a set that curation rejected; warn when it was never curated.
+
+    The curation stage raises when it keeps too few images, but `zirelia train` can run alone afterwards,
+    and `train_data/` then still holds the few it kept: training on them would quietly make a weak LoRA.
+    """
+    run_dir = config.run_dir
+    path = run_dir / CURATION_SUMMARY
+    if not path.is_file():
+        if config.curate.mode == "enforce":
+            warn(
+                escape(
+                    f"{path.name} not found in {run_dir}: training on the uncurated set (run `zirelia curate "
+                    "CONFIG` first to keep one identity)"
+                )
+            )
+        return
+    import json
+
+    summary = json.loads(path.read_text())
+    if summary.get("mode") == "record" and config.curate.mode == "enforce":
+        message = f'{path} was written in [curate] mode = "record" (nothing dropped), but the config now says "enforce"'
+        hint = "rerun `zirelia curate CONFIG` to drop the images that are not the persona"
+    elif summary.get("ok", True):
+        return
+    else:
+        message = (
+            f"curation kept {summary.get('kept')} image(s) in {run_dir}, fewer than the minimum "
+            f"{summary.get('minimum')}: training on them would make a weak LoRA"
+        )
+        hint = (
+            f"see {run_dir / CONTACT_SHEET} and {CURATION_LOG}; rerun `zirelia curate CONFIG` with more "
+            "[curate] top_up_rounds, a looser threshold or reference_images, or lower [curate] min_count"
+        )
+    if dry_run:
+        warn(escape(f"{message}; {hint}"))
+        return
+    raise ZireliaError(message, hint=hint)
+
+
 # --------------------------------------------------------------------------------------------------- stage
 
 

@@ -27,6 +27,7 @@ from typing import Literal
 
 from zirelia_local.config import CurateConfig, GeneratorConfig, TrainConfig, ZireliaConfig
 from zirelia_local.tiny_flux import is_builtin
+from zirelia_local.training.presets import MIN_GIB, GpuInfo, fitting_preset, used_gpus
 
 Status = Literal["ok", "warn", "FAIL"]
 
@@ -160,14 +161,6 @@ def insightface_package_check(curate: CurateConfig | None) -> Check:
     return ok("insightface", f"{version}; {runtime} providers: {', '.join(providers)}")
 
 
-@dataclass(frozen=True)
-class GpuInfo:
-    index: int
-    name: str
-    total_bytes: int
-    free_bytes: int | None
-
-
 def gpu_inventory() -> tuple[list[GpuInfo], str]:
     """The CUDA GPUs PyTorch sees, and a line about CUDA (why there are none, when there are none)."""
     try:
@@ -219,26 +212,16 @@ def gpu_checks(gpus: list[GpuInfo], summary: str, *, gpu_required: str | None) -
     return rows
 
 
-# The trainer's memory presets, smallest first: (name, GiB a card must report to use it). A card sold as
-# "24 GB" reports about 23.6 GiB, hence the margins.
-# TODO(merge): take these from zirelia_local.training.presets once it lands.
-VRAM_PRESET_FLOORS = [("12gb", 11.0), ("16gb", 15.0), ("24gb", 22.0), ("40gb", 38.0), ("80gb", 75.0)]
-
-
 def fitting_vram_preset(total_bytes: int) -> str | None:
     """The largest training memory preset a GPU of `total_bytes` holds; None below the smallest (12gb)."""
-    chosen = None
-    for name, floor_gib in VRAM_PRESET_FLOORS:
-        if total_bytes / GIB >= floor_gib:
-            chosen = name
-    return chosen
+    return fitting_preset(total_bytes / GIB)
 
 
 def vram_check(gpus: list[GpuInfo], train: TrainConfig | None) -> Check:
     """The VRAM preset that fits the smallest GPU training will use."""
     if not gpus:
         return ok("vram preset", "no GPU: none applies (the CPU demo does not use one)")
-    used = gpus[: train.num_processes] if train is not None else gpus
+    used = used_gpus(gpus, train.gpu_ids, train.num_processes) if train is not None else gpus
     smallest = min(used, key=lambda gpu: gpu.total_bytes)
     fitting = fitting_vram_preset(smallest.total_bytes)
     where = f"gpu {smallest.index} ({smallest.total_bytes / GIB:.1f} GiB)"
@@ -251,8 +234,7 @@ def vram_check(gpus: list[GpuInfo], train: TrainConfig | None) -> Check:
         )
     if train is None or train.vram == "auto":
         return ok("vram preset", f"{fitting} fits {where}")
-    preset_floors = dict(VRAM_PRESET_FLOORS)
-    if smallest.total_bytes / GIB < preset_floors[train.vram]:
+    if smallest.total_bytes / GIB < MIN_GIB[train.vram]:
         return warn(
             "vram preset",
             f"[train] vram = {train.vram!r} but {where} fits only {fitting}: expect out-of-memory",

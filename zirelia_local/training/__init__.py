@@ -18,7 +18,10 @@ class TrainingResult:
 
 
 def run_training(config: ZireliaConfig, *, dry_run: bool = False) -> TrainingResult:
-    """Train the persona LoRA with the configured backend."""
+    """Train the persona LoRA with the configured backend, on the set curation kept."""
+    from zirelia_local.curate import check_curation_for_training
+
+    check_curation_for_training(config, dry_run=dry_run)
     if config.train.backend == "kohya":
         from zirelia_local.training.kohya import train_kohya
 

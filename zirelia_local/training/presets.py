@@ -21,7 +21,7 @@ PRESET_NAMES = ("12gb", "16gb", "24gb", "40gb", "80gb")
 NO_GPU_FALLBACK = "24gb"
 # Smallest total memory (GiB, as torch reports it) for each preset. Cards report a little under their
 # marketing size (an RTX 4090 reports 23.99 GiB, a 3090 23.69, an A100-40GB 39.4, an H100 79.2).
-_MIN_GIB = {"80gb": 70.0, "40gb": 36.0, "24gb": 22.0, "16gb": 15.0, "12gb": 11.0}
+MIN_GIB = {"80gb": 70.0, "40gb": 36.0, "24gb": 22.0, "16gb": 15.0, "12gb": 11.0}
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ class GpuInfo:
     index: int
     name: str
     total_bytes: int
+    #: free memory when it was asked (`zirelia doctor` shows it); None when unknown
+    free_bytes: int | None = None
 
     @property
     def total_gib(self) -> float:
@@ -93,10 +95,15 @@ def smaller_preset(name: str) -> str | None:
     return PRESET_NAMES[index - 1] if index > 0 else None
 
 
+def fitting_preset(total_gib: float) -> str | None:
+    """The largest preset a card of `total_gib` GiB fits; None below the smallest (12gb)."""
+    return preset_name_for_memory(total_gib) if total_gib >= MIN_GIB["12gb"] else None
+
+
 def preset_name_for_memory(total_gib: float) -> str:
     """The largest preset a card of `total_gib` GiB fits (12gb for anything smaller)."""
     for name in reversed(PRESET_NAMES):
-        if total_gib >= _MIN_GIB[name]:
+        if total_gib >= MIN_GIB[name]:
             return name
     return "12gb"
 
@@ -107,7 +114,7 @@ def choose_preset(
     """Resolve `[train] vram` to a preset. `gpus` are the CUDA devices sd-scripts' Python sees (None: unknown)."""
     if vram != "auto":
         return PresetChoice(get_preset(model_type, vram), f"set in the config (vram = {vram!r})", detected=False)
-    used = _used_gpus(gpus or [], gpu_ids, num_processes)
+    used = used_gpus(gpus or [], gpu_ids, num_processes)
     if not used:
         why = "no CUDA GPU was detected" if gpus is not None else "the GPU could not be queried"
         return PresetChoice(
@@ -120,7 +127,7 @@ def choose_preset(
     name = preset_name_for_memory(smallest.total_gib)
     cards = ", ".join(f"cuda:{gpu.index} {gpu.name} ({gpu.total_gib:.1f} GiB)" for gpu in used)
     reason = f"vram = 'auto' detected {cards}: {name} preset"
-    if smallest.total_gib < _MIN_GIB["12gb"]:
+    if smallest.total_gib < MIN_GIB["12gb"]:
         reason += (
             f" (the smallest; {smallest.total_gib:.1f} GiB is below 12 GB: raise blocks_to_swap to 22-28 with "
             "[train.extra_args] and use an fp8 T5-XXL file, as sd-scripts' docs advise for 8-10 GB cards)"
@@ -128,7 +135,7 @@ def choose_preset(
     return PresetChoice(get_preset(model_type, name), reason, detected=True)
 
 
-def _used_gpus(gpus: list[GpuInfo], gpu_ids: str | None, num_processes: int) -> list[GpuInfo]:
+def used_gpus(gpus: list[GpuInfo], gpu_ids: str | None, num_processes: int) -> list[GpuInfo]:
     if gpu_ids and gpu_ids.strip() != "all":
         wanted = {int(part) for part in gpu_ids.split(",") if part.strip().isdigit()}
         return [gpu for gpu in gpus if gpu.index in wanted]
