@@ -2,7 +2,7 @@
 
     python benchmarks/bench_critic.py [--images 8] [--sizes 512 1024]
 
-Judges real face photos (tests/data/critic, padded to square evaluation sizes) with the dlib embedder against a
+Judges real face photos (tests/data, padded to square evaluation sizes) with the dlib embedder against a
 reference identity, in batches of 4 as `zirelia critic` does. CLIP speed does not depend on the weights'
 values, so the real-size ViT-B-32 architecture runs with random weights (no download); the tiny test CLIP is
 timed too, to show what the test suite pays. Prints one `BENCH {json}` line per figure.
@@ -26,7 +26,7 @@ from zirelia_local.critic.clip_score import ClipAvailability, ClipScorer  # noqa
 from zirelia_local.critic.judge import Critic  # noqa: E402
 from zirelia_local.faces.identity import ReferenceIdentity  # noqa: E402
 
-PHOTOS = REPO / "tests" / "data" / "critic"
+PHOTOS = REPO / "tests" / "data"
 BATCH = 4
 TINY_CLIP_CFG = {
     "embed_dim": 32,

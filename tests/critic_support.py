@@ -13,7 +13,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 #: the trigger word of tests.conftest's config, so also the LoRA name
 NAME = "testpersona7"
-CRITIC_DATA = Path(__file__).resolve().parent / "data" / "critic"
+CRITIC_DATA = Path(__file__).resolve().parent / "data"  # the face photos curation tests use too
 
 # A CLIP small enough to build in ~0.1 s; the vocabulary size is open_clip's own tokenizer's (49408), so the
 # packaged SimpleTokenizer (BPE vocab shipped inside open_clip) works with it offline.
@@ -25,7 +25,7 @@ TINY_CLIP_CFG = {
 
 
 def photo(name: str) -> Image.Image:
-    """A public-domain test photo (tests/data/critic/README.md)."""
+    """A public-domain test photo (tests/data/README.md)."""
     with Image.open(CRITIC_DATA / f"{name}.jpg") as opened:
         return opened.convert("RGB")
 
@@ -52,8 +52,8 @@ def side_by_side(left: Image.Image, right: Image.Image) -> Image.Image:
 
 
 def small_face(image: Image.Image, face_px: int = 55, canvas: int = 400) -> Image.Image:
-    """The photo shrunk so its ~186 px face is about `face_px`, pasted in the middle of a grey canvas."""
-    scale = face_px / 186
+    """The photo shrunk so its ~155 px face is about `face_px`, pasted in the middle of a grey canvas."""
+    scale = face_px / 155
     shrunk = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
     out = Image.new("RGB", (canvas, canvas), (128, 128, 128))
     out.paste(shrunk, ((canvas - shrunk.width) // 2, (canvas - shrunk.height) // 2))
