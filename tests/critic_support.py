@@ -1,5 +1,5 @@
-"""Real inputs for the critic's tests: face photos and images derived from them, a reference identity made
-from real dlib embeddings, a tiny randomly initialised open_clip model saved as a real model folder, and
+"""Real inputs for the critic's tests (face photos: tests/photos.py): a reference identity made from real dlib
+embeddings, a tiny randomly initialised open_clip model saved as a real model folder, and
 real per-epoch FLUX LoRA files (peft adapters on the tiny pipeline, saved by diffusers)."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter
+from PIL import Image
+
+from tests.photos import photo
 
 #: the trigger word of tests.conftest's config, so also the LoRA name
 NAME = "testpersona7"
-CRITIC_DATA = Path(__file__).resolve().parent / "data"  # the face photos curation tests use too
 
 # A CLIP small enough to build in ~0.1 s; the vocabulary size is open_clip's own tokenizer's (49408), so the
 # packaged SimpleTokenizer (BPE vocab shipped inside open_clip) works with it offline.
@@ -22,51 +22,6 @@ TINY_CLIP_CFG = {
     "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
-
-
-def photo(name: str) -> Image.Image:
-    """A public-domain test photo (tests/data/README.md)."""
-    with Image.open(CRITIC_DATA / f"{name}.jpg") as opened:
-        return opened.convert("RGB")
-
-
-def blurred(image: Image.Image, radius: float = 2.0) -> Image.Image:
-    return image.filter(ImageFilter.GaussianBlur(radius))
-
-
-def darkened(image: Image.Image, factor: float = 0.12) -> Image.Image:
-    return ImageEnhance.Brightness(image).enhance(factor)
-
-
-def brightened(image: Image.Image, keep: float = 0.12) -> Image.Image:
-    """Pushed towards white: each pixel keeps `keep` of its distance from 255."""
-    array = np.asarray(image, dtype=np.float32)
-    return Image.fromarray((255 - (255 - array) * keep).astype(np.uint8))
-
-
-def side_by_side(left: Image.Image, right: Image.Image) -> Image.Image:
-    canvas = Image.new("RGB", (left.width + right.width, max(left.height, right.height)), (128, 128, 128))
-    canvas.paste(left, (0, 0))
-    canvas.paste(right, (left.width, 0))
-    return canvas
-
-
-def small_face(image: Image.Image, face_px: int = 55, canvas: int = 400) -> Image.Image:
-    """The photo shrunk so its ~155 px face is about `face_px`, pasted in the middle of a grey canvas."""
-    scale = face_px / 155
-    shrunk = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
-    out = Image.new("RGB", (canvas, canvas), (128, 128, 128))
-    out.paste(shrunk, ((canvas - shrunk.width) // 2, (canvas - shrunk.height) // 2))
-    return out
-
-
-def cut_off(image: Image.Image) -> Image.Image:
-    """Cropped through the face (the photos' face box spans x = 118..304)."""
-    return image.crop((180, 0, image.width, image.height))
-
-
-def noise(size: int = 64, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
 def save_reference_identity(run_dir: Path, embedder, names: Sequence[str] = ("obama2", "obama3")) -> Path:

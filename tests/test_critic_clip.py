@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from tests.critic_support import build_tiny_clip, noise
+from tests.critic_support import build_tiny_clip
+from tests.photos import noise
 from zirelia_local.config import CriticConfig
 from zirelia_local.critic.clip_score import load_clip_scorer
 from zirelia_local.errors import ZireliaError

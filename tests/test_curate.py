@@ -10,6 +10,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from tests.conftest import DATA, REPO, run_cli, write_config
+from tests.photos import noise, photo, side_by_side
 from zirelia_local.config import load_config
 from zirelia_local.contact_sheet import OK_COLOUR, REJECTED_COLOUR, SheetItem, contact_sheet
 from zirelia_local.curate import (
@@ -36,24 +37,6 @@ def embedder():
     return DlibEmbedder()
 
 
-def photo(name: str) -> Image.Image:
-    return Image.open(DATA / name).convert("RGB")
-
-
-def side_by_side(*names: str) -> Image.Image:
-    images = [photo(name) for name in names]
-    canvas = Image.new("RGB", (sum(image.width for image in images), max(image.height for image in images)))
-    x = 0
-    for image in images:
-        canvas.paste(image, (x, 0))
-        x += image.width
-    return canvas
-
-
-def noise(seed: int, size: int = 256) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
-
-
 def make_folder(folder: Path, images: dict[str, Image.Image]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, image in images.items():
@@ -75,7 +58,7 @@ def test_mixed_folder_keeps_the_majority_identity_and_rejects_each_bad_image(tmp
             "c_obama3.png": photo("obama3.jpg"),
             "d_obama_mirrored.jpg": ImageOps.mirror(photo("obama.jpg")),
             "e_biden.jpg": photo("biden.jpg"),
-            "f_noise.png": noise(0),
+            "f_noise.png": noise(256, seed=0),
             "g_two_people.jpg": side_by_side("obama3.jpg", "biden.jpg"),
             "h_small_face.jpg": small.resize((small.width * 2 // 5, small.height * 2 // 5)),  # face ~62 px
         },
@@ -157,7 +140,7 @@ def test_reference_photos_anchor_the_identity_instead_of_the_majority(tmp_path, 
 
 
 def test_reference_photo_without_a_face_is_a_clear_error(tmp_path, embedder):
-    noise(3).save(tmp_path / "me.png")
+    noise(256, seed=3).save(tmp_path / "me.png")
     folder = make_folder(tmp_path / "photos", {"obama.jpg": photo("obama.jpg")})
     config = load_config(write_config(tmp_path, extra=f'[curate]\nreference_images = ["{tmp_path / "me.png"}"]\n'))
     with pytest.raises(ZireliaError, match=r"reference photo .*me.png: no face"):
@@ -168,7 +151,7 @@ def test_record_mode_scores_and_logs_every_image_but_drops_none(tmp_path, embedd
     folder = make_folder(
         tmp_path / "photos",
         {"obama.jpg": photo("obama.jpg"), "obama2.jpg": photo("obama2.jpg"), "biden.jpg": photo("biden.jpg")}
-        | {"noise.png": noise(1)},
+        | {"noise.png": noise(256, seed=1)},
     )
     config = load_config(write_config(tmp_path, extra='[curate]\nmode = "record"\n'))
     result = run_curate(config, images_dir=folder, embedder=embedder)
@@ -223,7 +206,7 @@ def test_curate_cli_on_two_people_keeps_exactly_the_majority(tmp_path):
 
 
 def test_curate_cli_on_noise_stops_with_the_numbers_not_a_traceback(tmp_path):
-    folder = make_folder(tmp_path / "noise", {f"noise{i}.png": noise(10 + i, 160) for i in range(3)})
+    folder = make_folder(tmp_path / "noise", {f"noise{i}.png": noise(160, seed=10 + i) for i in range(3)})
     config_path = write_config(tmp_path)
     result = run_cli(["-m", "zirelia_local.cli", "curate", str(config_path), "--images", str(folder)], cwd=REPO)
     assert result.returncode == 1
@@ -258,7 +241,7 @@ def test_training_refuses_a_set_curated_in_record_mode_once_the_config_enforces(
 def test_images_into_a_run_dir_with_a_generated_dataset_is_refused(tmp_path):
     config = load_config(write_config(tmp_path))
     write_jsonl(config.run_dir / "manifest.jsonl", [{"id": "img_00000", "status": "generated", "file": "x.png"}])
-    folder = make_folder(tmp_path / "photos", {"n.png": noise(2)})
+    folder = make_folder(tmp_path / "photos", {"n.png": noise(256, seed=2)})
     with pytest.raises(ZireliaError, match="already holds a generated dataset") as caught:
         run_curate(config, images_dir=folder)
     assert "--run-dir" in caught.value.hint
@@ -341,7 +324,7 @@ def test_top_up_count_follows_the_acceptance_rate():
 
 
 def test_contact_sheet_grid_frames_and_labels(tmp_path):
-    noise(4, 64).save(tmp_path / "a.png")
+    noise(64, seed=4).save(tmp_path / "a.png")
     Image.new("RGB", (40, 80), (0, 0, 255)).save(tmp_path / "b.png")
     items = [
         SheetItem(tmp_path / "a.png", "a d=0.31\nkept: same identity", True, box=(8, 8, 40, 40)),

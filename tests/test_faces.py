@@ -12,6 +12,7 @@ from PIL import Image
 
 from tests.conftest import DATA, run_cli
 from tests.onnx_standins import build_pack, build_recogniser, face_square_image
+from tests.photos import side_by_side
 from zirelia_local.config import CurateConfig
 from zirelia_local.errors import ZireliaError
 from zirelia_local.faces import load_embedder
@@ -30,16 +31,6 @@ def dlib_embedder():
 @pytest.fixture(scope="module")
 def photo_faces(dlib_embedder):
     return {name: dlib_embedder.detect(DATA / name) for name in [*OBAMA, "biden.jpg"]}
-
-
-def side_by_side(*names: str) -> Image.Image:
-    images = [Image.open(DATA / name).convert("RGB") for name in names]
-    canvas = Image.new("RGB", (sum(image.width for image in images), max(image.height for image in images)))
-    x = 0
-    for image in images:
-        canvas.paste(image, (x, 0))
-        x += image.width
-    return canvas
 
 
 # ------------------------------------------------------------------------------------------------------ dlib

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO, run_cli, write_config
-from tests.critic_support import PhotoRenderer, photo, save_reference_identity, write_placeholder_loras
+from tests.critic_support import PhotoRenderer, save_reference_identity, write_placeholder_loras
+from tests.photos import photo
 from zirelia_local.config import load_config
 from zirelia_local.critic import run_critic
 from zirelia_local.files import write_jsonl
