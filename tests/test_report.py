@@ -69,7 +69,10 @@ def finished_run(tmp_path):
     )
     write_jsonl(
         run_dir / "train" / "metrics.jsonl",
-        [{"step": step, "epoch": 1 + step // 5, "loss": 0.5 / (1 + step)} for step in range(10)],
+        # as the trainers write it: step lines, plus event lines that are not steps
+        [{"event": "cache", "latents_encoded": 3}]
+        + [{"step": step, "epoch": 1 + step // 5, "loss": 0.5 / (1 + step)} for step in range(10)]
+        + [{"epoch": 2, "event": "epoch", "file": "testpersona7.safetensors", "mean_loss": 0.06}],
     )
     (run_dir / "train" / "command.txt").write_text("accelerate launch flux_train_network.py --token HF_TOKEN=abc\n")
     return config
@@ -88,7 +91,7 @@ def test_report_of_a_finished_run_has_every_section(finished_run):
     assert contact in page
     assert "<b>2</b> kept, <b>1</b> rejected of 3 images" in page and "no face found" in page
     # Training and the per-epoch curves (also written beside the page).
-    assert "last loss 0.0500 at step 9" in page
+    assert "10 logged steps, epochs 1..2; last loss 0.0500 at step 9" in page
     curves = config.run_dir / "report" / "curves.png"
     with Image.open(curves) as image:
         assert image.format == "PNG" and image.size == (1100, 700)

@@ -256,11 +256,13 @@ def _training_section(metrics: list[dict[str, Any]]) -> str:
     if not metrics:
         parts.append(f'<div class="note">No {TRAIN_METRICS}: training has not run or logged no metrics.</div>')
         return "\n".join(parts)
-    losses = [m for m in metrics if m.get("loss") is not None]
+    # metrics.jsonl also holds event lines (cache use, epoch ends): count the step lines only
+    steps = [m for m in metrics if m.get("step") is not None and "event" not in m]
+    losses = [m for m in steps if m.get("loss") is not None]
     last = losses[-1] if losses else metrics[-1]
     epochs = sorted({m.get("epoch") for m in metrics if m.get("epoch") is not None})
     parts.append(
-        f"<p>{len(metrics)} logged steps, epochs {_e(epochs[0] if epochs else '-')}..{_e(epochs[-1] if epochs else '-')};"
+        f"<p>{len(steps)} logged steps, epochs {_e(epochs[0] if epochs else '-')}..{_e(epochs[-1] if epochs else '-')};"
         f" last loss {_e(_fmt(last.get('loss'), 4))} at step {_e(last.get('step'))}. The loss curve is in the "
         "figure below.</p>"
     )
