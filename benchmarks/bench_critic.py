@@ -11,7 +11,6 @@ timed too, to show what the test suite pays. Prints one `BENCH {json}` line per 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from figures import print_figure  # noqa: E402  (benchmarks/ is on sys.path: scripts run by path)
 
 from zirelia_local.config import CriticConfig  # noqa: E402
 from zirelia_local.critic.clip_score import ClipAvailability, ClipScorer  # noqa: E402
@@ -36,9 +37,7 @@ TINY_CLIP_CFG = {
 
 
 def bench(name: str, metric: str, value: float, params: str) -> None:
-    print(f"  {metric}: {value:.2f}  ({params})")
-    line = {"benchmark": "critic", "metric": metric, "value": round(value, 3), "params": f"{name}; {params}"}
-    print("BENCH " + json.dumps(line))
+    print_figure("critic", metric, value, f"{name}; {params}")
 
 
 def square(image: Image.Image, size: int) -> Image.Image:

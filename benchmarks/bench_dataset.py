@@ -9,7 +9,6 @@ bookkeeping stays negligible next to generation.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -18,6 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("ZIRELIA_NO_PROGRESS", "1")
+
+from figures import print_figure
 
 from zirelia_local.captions import write_training_set
 from zirelia_local.cli import configure_logging
@@ -31,8 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def report(metric: str, value: float, params: str) -> None:
-    print(f"  {metric}: {value:.3f} ({params})")
-    print("BENCH " + json.dumps({"benchmark": "dataset", "metric": metric, "value": round(value, 4), "params": params}))
+    print_figure("dataset", metric, value, params)
 
 
 def main() -> None:

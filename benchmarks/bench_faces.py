@@ -8,13 +8,14 @@ in one ResNet call. Run: python benchmarks/bench_faces.py [--images 24] [--batch
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from figures import print_figure  # noqa: E402  (benchmarks/ is on sys.path: scripts run by path)
 
 
 def bench(label: str, run, repeats: int) -> tuple[float, int]:
@@ -72,8 +73,7 @@ def main() -> None:
         (f"faces/s, dlib CPU, detect_batch of {args.batch}", batch),
         ("model load, s", load_s),
     ):
-        line = {"benchmark": "faces", "metric": metric, "value": round(value, 3), "params": params}
-        print("BENCH " + json.dumps(line))
+        print_figure("faces", metric, value, params)
 
 
 if __name__ == "__main__":

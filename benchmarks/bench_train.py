@@ -11,7 +11,6 @@ costs ~10 GB of memory. Figures are medians over all steps of a run (the first s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -23,6 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("ZIRELIA_NO_PROGRESS", "1")
 
+from figures import print_figure
+
 from zirelia_local.cli import configure_logging
 from zirelia_local.config import load_config
 from zirelia_local.files import read_jsonl
@@ -31,8 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def report(metric: str, value: float, params: str) -> None:
-    print(f"  {metric}: {value:.4f} ({params})")
-    print("BENCH " + json.dumps({"benchmark": "train", "metric": metric, "value": round(value, 5), "params": params}))
+    print_figure("train", metric, value, params)
 
 
 def run(config) -> tuple[float, float]:

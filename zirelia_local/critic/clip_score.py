@@ -9,7 +9,7 @@ Weights come only from a file the user names or from open_clip's own pretrained 
   folder's own `.safetensors` weights.
 
 User files are read with safetensors only, unless `[run] allow_pickle` opts in to pickled weights (then read with
-`torch.load(weights_only=True)`). With no weights configured the score is
+torch's weights-only unpickler). With no weights configured the score is
 unavailable (a random CLIP would only produce noise), and every verdict records that instead of guessing.
 """
 
@@ -189,7 +189,7 @@ def load_clip_scorer(critic: CriticConfig, *, device: Any = "cpu", allow_pickle:
     if weights is not None:
         try:
             # A .safetensors file is read by safetensors; a pickle only gets here with [run] allow_pickle,
-            # and then with torch.load(weights_only=True).
+            # and then with torch's weights-only unpickler.
             open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True)
         except Exception as error:  # shape or key mismatch: the file is for another architecture
             raise ZireliaError(
