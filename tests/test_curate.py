@@ -283,6 +283,25 @@ def test_top_up_rounds_generate_new_seeds_then_stop_with_the_numbers(tmp_path, t
     assert len(Manifest(run_dir)) == 22
 
 
+def test_the_pipeline_loads_flux_once_for_the_dataset_and_the_top_up_rounds(tmp_path, monkeypatch):
+    import zirelia_local.flux as flux
+    from zirelia_local.pipeline import run_pipeline
+
+    loads = []
+    real_load = flux.load_flux_pipeline
+
+    def counting_load(*args, **kwargs):  # the real loader, counted
+        loads.append(args[0].model)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(flux, "load_flux_pipeline", counting_load)
+    config = load_config(write_config(tmp_path, count=2, extra="[curate]\ntop_up_rounds = 1\n"))
+    with pytest.raises(ZireliaError, match="after 1 top-up round"):  # the tiny model draws no faces
+        run_pipeline(config)
+    assert len(Manifest(config.run_dir)) == 12  # 2 planned + 10 topped up
+    assert loads == ["builtin:tiny-flux"]
+
+
 def test_an_interrupted_top_up_round_is_finished_with_the_planned_seeds(tmp_path, tiny_pipe, embedder):
     config = load_config(write_config(tmp_path, count=2, extra="[curate]\ntop_up_rounds = 1\n"))
     run_dir = config.run_dir

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import run_cli, write_config
-from zirelia_local.config import GeneratorConfig
+from zirelia_local.config import GeneratorConfig, load_config
 from zirelia_local.errors import ZireliaError
 from zirelia_local.flux import GIB, plan_memory, resolve_device, resolve_dtype, resolve_model_source
 
@@ -145,6 +145,18 @@ def test_pickled_pipeline_folder_is_refused_unless_allowed(tmp_path, tiny_flux_d
         load_flux_pipeline(gen)
     assert "allow_pickle" in caught.value.hint
     assert load_flux_pipeline(gen, allow_pickle=True).transformer is not None
+
+    # The stages (dataset, curation top-ups, critic) load it with the run's [run] allow_pickle.
+    from zirelia_local.critic.run import FluxLoraRenderer
+    from zirelia_local.flux import load_generator_pipeline
+
+    config = load_config(write_config(tmp_path))
+    config.generator.model = str(pickled)
+    with pytest.raises(ZireliaError, match="pickled weights"):
+        load_generator_pipeline(config)
+    config.run.allow_pickle = True
+    assert load_generator_pipeline(config).transformer is not None
+    assert FluxLoraRenderer(config).pipe.transformer is not None
 
 
 def test_require_safetensors_refuses_pickle_suffixes(tmp_path):

@@ -498,10 +498,9 @@ class _Generator:
         from zirelia_local.generate import generate_images
 
         if self.pipe is None:
-            from zirelia_local.flux import load_flux_pipeline
+            from zirelia_local.flux import load_generator_pipeline
 
-            info(f"loading {self.config.generator.model} for top-up generation ...")
-            self.pipe = load_flux_pipeline(self.config.generator)
+            self.pipe = load_generator_pipeline(self.config, "for top-up generation")
         _append_plan(run_dir, entries)
         generate_images(self.config, run_dir, entries, manifest, round_index=round_index, pipe=self.pipe)
 

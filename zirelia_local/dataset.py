@@ -24,7 +24,11 @@ class DatasetResult:
 
 
 def run_dataset(config: ZireliaConfig) -> DatasetResult:
-    """Plan the dataset, generate what is missing, and write captions + sd-scripts files."""
+    """Plan the dataset, generate what is missing, and write captions + sd-scripts files.
+
+    `result.generation.pipe` is the pipeline it loaded (None when every image was already there): the
+    curation stage's top-up rounds reuse it instead of loading FLUX again.
+    """
     run_dir = prepare_run_dir(config)
     entries = plan_images(config.persona, config.dataset)
     manifest = Manifest(run_dir)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zirelia_local.config import GeneratorConfig
+from zirelia_local.config import GeneratorConfig, ZireliaConfig
 from zirelia_local.errors import ConfigError, ZireliaError
 from zirelia_local.tiny_flux import is_builtin, resolve_builtin
 
@@ -253,3 +253,24 @@ def load_flux_pipeline(
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_generator_pipeline(config: ZireliaConfig, purpose: str = "") -> FluxPipeline:
+    """The stages' FLUX pipeline: `[generator]` with the run's `[run] allow_pickle`, announced on the console."""
+    from zirelia_local.console import info
+
+    info(f"loading {config.generator.model}{f' {purpose}' if purpose else ''} ...")
+    return load_flux_pipeline(config.generator, allow_pickle=config.run.allow_pickle)
+
+
+def release_pipeline_memory() -> None:
+    """Give the memory of dropped pipelines back (GPU memory too) before another process needs it."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -31,6 +31,8 @@ class GenerationResult:
     generated: list[str]
     skipped: list[str]
     seconds: float
+    #: the pipeline that drew the images (None when nothing was drawn), for a later stage to reuse
+    pipe: Any = None
 
     @property
     def images_per_second(self) -> float:
@@ -109,10 +111,9 @@ def generate_images(
         return GenerationResult(generated=[], skipped=skipped, seconds=0.0)
 
     if pipe is None:
-        from zirelia_local.flux import load_flux_pipeline
+        from zirelia_local.flux import load_generator_pipeline
 
-        info(f"loading {config.generator.model} ...")
-        pipe = load_flux_pipeline(config.generator, allow_pickle=config.run.allow_pickle)
+        pipe = load_generator_pipeline(config)
 
     generated: list[str] = []
     batch_size = config.generator.batch_size
@@ -140,4 +141,4 @@ def generate_images(
             # The manifest is saved after the files it describes: a kill in between only costs a rerender.
             manifest.save()
             advance(len(batch))
-    return GenerationResult(generated=generated, skipped=skipped, seconds=time.perf_counter() - started)
+    return GenerationResult(generated=generated, skipped=skipped, seconds=time.perf_counter() - started, pipe=pipe)

@@ -13,14 +13,18 @@ def run_pipeline(config: ZireliaConfig) -> Path:
     from zirelia_local.critic import run_critic
     from zirelia_local.curate import run_curate
     from zirelia_local.dataset import run_dataset
+    from zirelia_local.flux import release_pipeline_memory
     from zirelia_local.report import write_report
     from zirelia_local.training import run_training
 
     console.rule(f"[bold]{config.persona.name}[/bold] ({config.persona.trigger_word}) -> {config.run_dir}")
     console.rule("1/5 dataset: plan, generate, caption")
-    run_dataset(config)
+    dataset = run_dataset(config)
     console.rule(f"2/5 curate: one identity ({config.curate.mode})")
-    run_curate(config)
+    run_curate(config, pipe=dataset.generation.pipe)  # top-up rounds draw with the pipeline already loaded
+    # Training loads its own models (sd-scripts in another process): free the generator's memory first.
+    del dataset
+    release_pipeline_memory()
     console.rule(f"3/5 train: LoRA ({config.train.backend} backend)")
     run_training(config)
     console.rule("4/5 critic: score the epochs, pick the best")

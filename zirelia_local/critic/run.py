@@ -225,10 +225,9 @@ class FluxLoraRenderer:
     @property
     def pipe(self) -> FluxPipeline:
         if self._pipe is None:
-            from zirelia_local.flux import load_flux_pipeline
+            from zirelia_local.flux import load_generator_pipeline
 
-            info(f"loading {self.config.generator.model} for the evaluation images ...")
-            self._pipe = load_flux_pipeline(self.config.generator)
+            self._pipe = load_generator_pipeline(self.config, "for the evaluation images")
         return self._pipe
 
     def load_lora(self, lora: Path, epoch: int) -> None:
