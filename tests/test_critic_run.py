@@ -22,7 +22,7 @@ from tests.critic_support import (
 )
 from zirelia_local.config import load_config
 from zirelia_local.critic import run_critic
-from zirelia_local.critic.run import FluxLoraRenderer
+from zirelia_local.critic.renderers import FluxLoraRenderer
 from zirelia_local.errors import ZireliaError
 from zirelia_local.files import read_jsonl, sha256_file
 from zirelia_local.generate import render_batch

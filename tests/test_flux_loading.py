@@ -147,7 +147,7 @@ def test_pickled_pipeline_folder_is_refused_unless_allowed(tmp_path, tiny_flux_d
     assert load_flux_pipeline(gen, allow_pickle=True).transformer is not None
 
     # The stages (dataset, curation top-ups, critic) load it with the run's [run] allow_pickle.
-    from zirelia_local.critic.run import FluxLoraRenderer
+    from zirelia_local.critic.renderers import FluxLoraRenderer
     from zirelia_local.flux import load_generator_pipeline
 
     config = load_config(write_config(tmp_path))

@@ -376,9 +376,14 @@ class CriticConfig(_Section):
         "has collapsed prompt adherence (overfitting) and is not chosen.",
     )
     steps: int | None = Field(default=None, ge=1, description="Denoising steps (default: generator.steps).")
-    guidance: float | None = Field(default=None, ge=0, description="FLUX guidance (default: generator.guidance).")
+    guidance: float | None = Field(
+        default=None, ge=0, description="Guidance (default: generator.guidance for FLUX; CFG 7.0 for sd15/sdxl)."
+    )
     resolution: int | None = Field(
-        default=None, ge=64, multiple_of=16, description="Evaluation image size (default: dataset.resolution)."
+        default=None,
+        ge=64,
+        multiple_of=16,
+        description="Evaluation image size (default: dataset.resolution; for sd15/sdxl at most their native 512/1024).",
     )
 
 

@@ -1,8 +1,9 @@
 """`zirelia critic CONFIG`: draw the evaluation images with every saved epoch's LoRA, judge them, retry the
 rejected ones with adjusted prompts, pick the best epoch and write `best.safetensors`.
 
-The base FLUX pipeline is loaded once; each epoch's LoRA is loaded with `load_lora_weights` as its own
-adapter, its scale set with `set_adapters`, and deleted after the epoch. Files, in `<run_dir>/critic/`:
+The base pipeline is loaded once (FLUX, or the SD1.5/SDXL model training used: `renderers.py`); each epoch's
+LoRA is loaded with `load_lora_weights` as its own adapter, its scale set with `set_adapters`, and deleted
+after the epoch. Files, in `<run_dir>/critic/`:
 
 - `epoch_<NNNNNN>/p<prompt>_s<seed>_a<attempt>.png`: every attempt (the PNG records prompt, seed, scale);
 - `epoch_<NNNNNN>/results.json`: that epoch's attempt records and the key they were made under (LoRA file
@@ -16,22 +17,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
 from zirelia_local.config import ZireliaConfig
 from zirelia_local.console import console, info, progress_bar, warn
 from zirelia_local.critic.judge import Critic
+from zirelia_local.critic.renderers import (
+    EvaluationRenderer,
+    evaluation_base_model,
+    evaluation_generation_config,
+    evaluation_size,
+    renderer_for,
+)
 from zirelia_local.critic.retry import Attempt, first_attempt, next_attempt
 from zirelia_local.critic.selection import EpochScore, Selection, select_epoch, summarize_epoch
 from zirelia_local.critic.verdict import FAILURE_LABELS
@@ -44,10 +49,10 @@ from zirelia_local.files import (
     sha256_file,
     write_jsonl,
 )
-from zirelia_local.security import redact, require_safetensors
+from zirelia_local.security import redact
 
 if TYPE_CHECKING:
-    from diffusers import FluxPipeline
+    pass
 
 CRITIC_DIR = "critic"
 SCORES_NAME = "scores.jsonl"
@@ -95,21 +100,6 @@ def clip_text(config: ZireliaConfig, scene: str) -> str:
     return f"a photo of {config.persona.caption_phrase}, {scene}"
 
 
-def evaluation_size(config: ZireliaConfig) -> int:
-    return config.critic.resolution or config.dataset.resolution
-
-
-def evaluation_generation_config(config: ZireliaConfig) -> ZireliaConfig:
-    """A copy of the config whose generator steps and guidance are the critic's."""
-    copy = config.model_copy(deep=True)
-    copy._source = config.source
-    if config.critic.steps is not None:
-        copy.generator.steps = config.critic.steps
-    if config.critic.guidance is not None:
-        copy.generator.guidance = config.critic.guidance
-    return copy
-
-
 def epochs_to_score(files: dict[int, Path], wanted: str | list[int]) -> dict[int, Path]:
     if wanted == "all":
         return files
@@ -147,7 +137,8 @@ def _settings(config: ZireliaConfig) -> dict[str, Any]:
     critic = config.critic
     generation = evaluation_generation_config(config)
     return {
-        "model": config.generator.model,
+        "model_type": config.train.model_type,
+        "model": evaluation_base_model(config),
         "steps": generation.generator.steps,
         "guidance": generation.generator.guidance,
         "max_sequence_length": config.generator.max_sequence_length,
@@ -189,75 +180,6 @@ def _cached_records(folder: Path, key: str, run_dir: Path) -> list[dict[str, Any
     if not all((run_dir / record["image"]).is_file() for record in records):
         return None
     return records
-
-
-@contextmanager
-def _quiet_logger(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-class EvaluationRenderer(Protocol):
-    """Draws evaluation images with one epoch's LoRA at a time."""
-
-    def load_lora(self, lora: Path, epoch: int) -> None: ...
-
-    def render(self, prompts: list[str], seeds: list[int], lora_scale: float) -> list[Any]: ...
-
-    def unload_lora(self) -> None: ...
-
-
-class FluxLoraRenderer:
-    """The base FLUX pipeline, loaded once (on first use), with one epoch's LoRA as an adapter at a time."""
-
-    def __init__(self, config: ZireliaConfig, pipe: FluxPipeline | None = None) -> None:
-        self.config = config
-        self.generation = evaluation_generation_config(config)
-        self.size = evaluation_size(config)
-        self._pipe = pipe
-        self._adapter: str | None = None
-
-    @property
-    def pipe(self) -> FluxPipeline:
-        if self._pipe is None:
-            from zirelia_local.flux import load_generator_pipeline
-
-            self._pipe = load_generator_pipeline(self.config, "for the evaluation images")
-        return self._pipe
-
-    def load_lora(self, lora: Path, epoch: int) -> None:
-        allow_pickle = self.config.run.allow_pickle
-        require_safetensors(lora, "LoRA file", allow_pickle=allow_pickle)
-        adapter = f"zirelia_epoch_{epoch}"
-        try:
-            with _quiet_logger("diffusers.loaders.lora_base"):  # "no LoRA keys for CLIPTextModel": expected
-                self.pipe.load_lora_weights(
-                    str(lora), adapter_name=adapter, use_safetensors=None if allow_pickle else True
-                )
-        except Exception as error:  # diffusers raises ValueError/KeyError/RuntimeError for keys it cannot map
-            raise ZireliaError(
-                f"could not load the LoRA {lora} into {type(self.pipe).__name__}: {error}",
-                hint="check that it was trained for this base model ([generator] model) and is complete",
-            ) from error
-        self._adapter = adapter
-
-    def render(self, prompts: list[str], seeds: list[int], lora_scale: float) -> list[Any]:
-        from zirelia_local.generate import render_batch
-
-        if self._adapter is None:
-            raise RuntimeError("load_lora first")
-        self.pipe.set_adapters([self._adapter], adapter_weights=[lora_scale])
-        return render_batch(self.pipe, prompts, seeds, self.generation, size=self.size)
-
-    def unload_lora(self) -> None:
-        if self._adapter is not None:
-            self.pipe.delete_adapters(self._adapter)
-            self._adapter = None
 
 
 def evaluate_epoch(
@@ -397,7 +319,7 @@ def _log_round(
 def run_critic(config: ZireliaConfig, *, renderer: EvaluationRenderer | None = None) -> CriticResult:
     """Score every saved epoch (retrying rejected images), pick the best one, write best.safetensors.
 
-    `renderer` defaults to the configured FLUX pipeline with each epoch's LoRA (`FluxLoraRenderer`).
+    `renderer` defaults to the trained model family's base pipeline with each epoch's LoRA (`renderer_for`).
     """
     from zirelia_local.training.outputs import epoch_lora_files, train_dir
 
@@ -419,7 +341,7 @@ def run_critic(config: ZireliaConfig, *, renderer: EvaluationRenderer | None = N
         + ("" if critic.reference is not None else " (no reference identity)")
         + escape(f", prompt adherence {'by CLIP ' + str(critic.clip.source) if critic.clip.scorer else 'not scored'}")
     )
-    renderer = renderer if renderer is not None else FluxLoraRenderer(config)
+    renderer = renderer if renderer is not None else renderer_for(config)
     all_records: list[dict[str, Any]] = []
     table: list[EpochScore] = []
     for epoch, lora in epochs.items():
