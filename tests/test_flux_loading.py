@@ -62,6 +62,18 @@ def test_cli_with_cuda_config_on_cpu_machine_exits_1_without_traceback(tmp_path)
     assert "sees no CUDA GPU" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens on a machine without a GPU")
+def test_auto_device_without_a_gpu_refuses_a_real_model_before_loading_it(tmp_path, tiny_flux_dir):
+    from zirelia_local.flux import load_flux_pipeline
+
+    with pytest.raises(ZireliaError, match=r"no GPU found for black-forest-labs/FLUX\.1-dev") as caught:
+        load_flux_pipeline(GeneratorConfig(model="black-forest-labs/FLUX.1-dev", device="auto"))
+    assert 'device = "cpu"' in caught.value.hint and "configs/demo.toml" in caught.value.hint
+    # the embedded model and an explicit CPU choice still load
+    assert load_flux_pipeline(GeneratorConfig(model="builtin:tiny-flux", device="auto")).device.type == "cpu"
+    assert load_flux_pipeline(GeneratorConfig(model=str(tiny_flux_dir), device="cpu")).device.type == "cpu"
+
+
 def test_folder_that_is_not_a_pipeline_is_named(tmp_path):
     (tmp_path / "flux1-dev.safetensors").write_bytes(b"")
     with pytest.raises(ZireliaError, match="not a diffusers pipeline folder"):

@@ -55,6 +55,18 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+def refuse_real_model_on_auto_cpu(gen: GeneratorConfig, device: torch.device) -> None:
+    """`device = "auto"` that found no GPU must not quietly start FLUX.1-dev on the CPU: about 50 GB of RAM
+    and hours per image. An explicit `device = "cpu"` (a small local model, a patient user) still runs."""
+    if gen.device == "auto" and device.type == "cpu" and not is_builtin(gen.model):
+        raise ZireliaError(
+            f'no GPU found for {gen.model} ([generator] device = "auto"): a FLUX-size model on the CPU needs '
+            "about 50 GB of RAM and hours per image",
+            hint="run on a machine with a CUDA GPU (`zirelia doctor CONFIG` checks it), try configs/demo.toml on "
+            'this one, or set [generator] device = "cpu" to run on the CPU anyway',
+        )
+
+
 def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     """`auto`: bfloat16 on CUDA (float16 on cards without bf16), float32 elsewhere."""
     import torch
@@ -191,6 +203,7 @@ def load_flux_pipeline(
 
     quiet_library_progress()
     device = device if device is not None else resolve_device(gen.device)
+    refuse_real_model_on_auto_cpu(gen, device)
     dtype = resolve_dtype(gen.dtype, device)
     plan = plan_memory(gen, device)
     source = resolve_model_source(gen.model)
