@@ -44,6 +44,7 @@ from zirelia_local.files import (
     atomic_write_json,
     link_or_copy,
     png_bytes,
+    read_json_object,
     read_jsonl,
     sha256_file,
     write_jsonl,
@@ -643,7 +644,8 @@ def check_curation_for_training(config: ZireliaConfig, *, dry_run: bool = False)
     """
     run_dir = config.run_dir
     path = run_dir / CURATION_SUMMARY
-    if not path.is_file():
+    summary = read_json_object(path)
+    if summary is None:
         if config.curate.mode == "enforce":
             warn(
                 escape(
@@ -652,9 +654,6 @@ def check_curation_for_training(config: ZireliaConfig, *, dry_run: bool = False)
                 )
             )
         return
-    import json
-
-    summary = json.loads(path.read_text())
     if summary.get("mode") == "record" and config.curate.mode == "enforce":
         message = f'{path} was written in [curate] mode = "record" (nothing dropped), but the config now says "enforce"'
         hint = "rerun `zirelia curate CONFIG` to drop the images that are not the persona"

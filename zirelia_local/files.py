@@ -141,6 +141,16 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
             yield record
 
 
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A JSON object from `path`; None when the file is missing, unreadable or not an object (a stage that
+    finds no usable earlier result does the work again)."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
     """Append one record to a log-style JSON Lines file (metrics, events), flushed at once.
 

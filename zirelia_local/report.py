@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from zirelia_local.config import ZireliaConfig
-from zirelia_local.files import atomic_write_bytes, atomic_write_text, read_jsonl
+from zirelia_local.files import atomic_write_bytes, atomic_write_text, read_json_object, read_jsonl
 from zirelia_local.security import redact, redact_toml
 
 REPORT_DIR = "report"
@@ -82,16 +82,6 @@ def _thumbnail_uri(path: Path, side: int = THUMBNAIL_SIDE) -> str | None:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return list(read_jsonl(path)) if path.is_file() else []
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -446,7 +436,7 @@ def build_report_html(config: ZireliaConfig, report_dir: Path) -> tuple[str, byt
     from zirelia_local.critic.run import CRITIC_DIR, SCORES_NAME, SELECTION_NAME
 
     run_dir = config.run_dir
-    selection = _read_json(run_dir / CRITIC_DIR / SELECTION_NAME)
+    selection = read_json_object(run_dir / CRITIC_DIR / SELECTION_NAME)
     records = _read_jsonl(run_dir / CRITIC_DIR / SCORES_NAME)
     metrics = _read_jsonl(run_dir / TRAIN_METRICS)
     table = (selection or {}).get("table", [])

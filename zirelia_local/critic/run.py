@@ -46,6 +46,7 @@ from zirelia_local.files import (
     atomic_write_json,
     link_or_copy,
     png_bytes,
+    read_json_object,
     sha256_file,
     write_jsonl,
 )
@@ -167,12 +168,8 @@ def _epoch_key(config: ZireliaConfig, lora: Path, critic: Critic) -> str:
 
 
 def _cached_records(folder: Path, key: str, run_dir: Path) -> list[dict[str, Any]] | None:
-    path = folder / RESULTS_NAME
-    if not path.is_file():
-        return None
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    saved = read_json_object(folder / RESULTS_NAME)
+    if saved is None:
         return None
     records = saved.get("attempts")
     if saved.get("key") != key or not isinstance(records, list):
