@@ -44,6 +44,7 @@ def screenshot(page: Path, output: Path, *, width: int = 1280, height: int = 240
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
+            "--disable-quic",
             "--no-first-run",
             "--hide-scrollbars",
             f"--user-data-dir={profile}",

@@ -205,11 +205,11 @@ def load_stable_diffusion_pipeline(config: ZireliaConfig) -> Any:
     try:
         if path.is_dir():
             pipe = pipeline_class.from_pretrained(
-                path, torch_dtype=dtype, use_safetensors=None if allow_pickle else True, **extra
+                path, dtype=dtype, use_safetensors=None if allow_pickle else True, **extra
             )
         else:
             require_safetensors(path, "[train] pretrained_model", allow_pickle=allow_pickle)
-            pipe = pipeline_class.from_single_file(str(path), torch_dtype=dtype, **extra)
+            pipe = pipeline_class.from_single_file(str(path), dtype=dtype, **extra)
     except (OSError, ValueError, KeyError) as error:
         raise ZireliaError(
             f"could not load {path} as a {pipeline_class.__name__}: {error}",
