@@ -89,6 +89,8 @@ def test_report_of_a_finished_run_has_every_section(finished_run):
     # Dataset: the contact sheet and the curation decisions.
     contact = base64.b64encode((config.run_dir / "contact_sheet.png").read_bytes()).decode()
     assert contact in page
+    # The frame is the identity verdict and the label the decision (record mode keeps red-framed images).
+    assert "framed green when the image passes curation" in page and "says whether it was kept" in page
     assert "<b>2</b> kept, <b>1</b> rejected of 3 images" in page and "no face found" in page
     # Training and the per-epoch curves (also written beside the page).
     assert "10 logged steps, epochs 1..2; last loss 0.0500 at step 9" in page

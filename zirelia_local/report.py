@@ -208,7 +208,9 @@ def _dataset_section(run_dir: Path) -> str:
     sheet = run_dir / CONTACT_SHEET
     if sheet.is_file():
         parts.append(
-            f'<p class="muted">{CONTACT_SHEET}: kept images framed green, rejected red.</p>'
+            # Record mode keeps red-framed images too: the frame is the identity verdict, the label the decision.
+            f'<p class="muted">{CONTACT_SHEET}: framed green when the image passes curation (one face, the '
+            "persona's identity), red when it does not; the label under each image says whether it was kept.</p>"
             f'<img class="figure" alt="dataset contact sheet" src="{_data_uri(sheet.read_bytes(), "image/png")}">'
         )
     else:
