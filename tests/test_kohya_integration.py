@@ -1,4 +1,4 @@
-"""Opt-in: the real sd-scripts trains a real (tiny, random) FLUX LoRA on the CPU, saves, and resumes.
+"""Opt-in: the real sd-scripts trains real (random) FLUX and SD1.5 LoRAs on the CPU, saves, and resumes.
 
 Skipped unless ZIRELIA_SD_SCRIPTS names an sd-scripts checkout with its venv (`venv/bin/python`). Run:
 
@@ -10,8 +10,11 @@ the checkpoint), the full-size AE and CLIP-L (their configs are fixed in sd-scri
 in `--tokenizer_cache_dir`. One part cannot be full size here: sd-scripts' T5-XXL config is fixed at 24
 layers (4.7B parameters), so a small wrapper script swaps `library.flux_utils.load_t5xxl` for a loader of a
 1-layer T5 with the real d_model of 4096, then runs flux_train_network.py unchanged.
-Cost on 2 CPU cores: about 20 s to build the models (cached in ZIRELIA_TEST_CACHE), then two launches of
-about 1.5 min each (model loading and caching dominate; a step takes 20-30 s).
+SD1.5 (`train_network.py`) needs the standard SD1.5 shape (it converts the diffusers U-Net into its own
+fixed-width one), so that model is full size: an 860M-parameter U-Net, CLIP-L and the SD VAE, random, saved
+in fp16 as a diffusers folder (2 GB). SDXL's 2.6B U-Net is left out: too large for a CPU test.
+Cost on 2 CPU cores: about 1 min to build the models (cached in ZIRELIA_TEST_CACHE), then two FLUX launches
+of about 1.5 min each (model loading and caching dominate; a step takes 20-30 s) and one SD1.5 launch.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors import safe_open
 
 from tests.conftest import write_config
 from zirelia_local.config import load_config
+from zirelia_local.critic.renderers import StableDiffusionLoraRenderer
 from zirelia_local.dataset import run_dataset
 from zirelia_local.files import read_jsonl
 from zirelia_local.training.kohya import LOG_FILE, METRICS_FILE, train_kohya
@@ -75,6 +80,33 @@ save(CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediat
 t5_config = dict(vocab_size=len(t5_tok), d_model=4096, d_kv=64, d_ff=256, num_layers=1, num_heads=2,
                  feed_forward_proj="gated-gelu", pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id)
 save(T5EncoderModel(T5Config(**t5_config)), "t5xxl-1layer.safetensors", {"zirelia_t5_config": json.dumps(t5_config)})
+"""
+
+SD15_MODELS_VERSION = 1
+BUILD_SD15 = """
+import sys
+from pathlib import Path
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+out, tokenizers = Path(sys.argv[1]), Path(sys.argv[2])
+torch.manual_seed(0)
+tokenizer = CLIPTokenizer(vocab_file=str(tokenizers / "tokenizer" / "vocab.json"),
+                          merges_file=str(tokenizers / "tokenizer" / "merges.txt"), model_max_length=77)
+tokenizer.save_pretrained(out / "tokenizers" / "openai_clip-vit-large-patch14")
+# The SD1.5 shapes (diffusers' defaults are SD1.x widths; SD1.5 has 768-d cross attention, 8 heads).
+unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+                    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+    num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+    projection_dim=768))
+scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1)
+pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                               safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+pipe.to(torch.float16).save_pretrained(out / "sd15", safe_serialization=True)
 """
 
 T5_WRAPPER = '''"""Stand-in for the T5-XXL only (its full-size config is fixed in sd-scripts): load the 1-layer
@@ -140,6 +172,20 @@ def kohya_models(sd_scripts: Path, tiny_flux_dir: Path, _cache_dir: Path) -> Pat
             cwd=sd_scripts,
             check=True,
             timeout=600,
+        )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sd15_model(sd_scripts: Path, tiny_flux_dir: Path, _cache_dir: Path) -> Path:
+    folder = _cache_dir / f"kohya-sd15-v{SD15_MODELS_VERSION}"
+    if not (folder / "sd15" / "model_index.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [str(sd_scripts / "venv" / "bin" / "python"), "-c", BUILD_SD15, str(folder), str(tiny_flux_dir)],
+            cwd=sd_scripts,
+            check=True,
+            timeout=900,
         )
     return folder
 
@@ -214,3 +260,61 @@ def test_real_sd_scripts_trains_a_flux_lora_on_cpu_and_resumes(tmp_path, sd_scri
     assert "epoch 2/2" in second_launch and "epoch 1/2" not in second_launch
     assert [(r["step"], r["epoch"]) for r in read_jsonl(out / METRICS_FILE)] == [(1, 1), (2, 2)]
     assert newest_state(out, "testpersona7").epoch == 2
+
+
+def test_real_sd_scripts_trains_an_sd15_lora_from_a_diffusers_folder_on_cpu(tmp_path, sd_scripts, sd15_model):
+    train = f"""
+    [train]
+    model_type = 'sd15'
+    sd_scripts = '{sd_scripts}'
+    pretrained_model = '{sd15_model / "sd15"}'
+    tokenizer_cache_dir = '{sd15_model / "tokenizers"}'
+    vram = '12gb'
+    mixed_precision = 'no'
+    optimizer = 'AdamW'
+    batch_size = 2
+    epochs = 1
+    learning_rate = 0.01  # one step must move the LoRA visibly (checked through the critic's renderer)
+    [train.extra_args]
+    max_data_loader_n_workers = 0
+    [critic]
+    prompts = ['reading a book']
+    seeds = [1]
+    resolution = 64
+    steps = 2
+    """
+    config = load_config(write_config(tmp_path, count=2, extra=train))
+    run_dataset(config)  # 2 images, 64 px: one batch, one step
+
+    result = train_kohya(config)  # sd-scripts' train_network.py, unchanged
+    out = result.output_dir
+    assert result.epoch_files == {1: out / "testpersona7.safetensors"}
+    log = (out / LOG_FILE).read_text()
+    assert "train_network.py" in log and "U-Net converted to original U-Net" in log
+    with safe_open(str(out / "testpersona7.safetensors"), framework="pt") as lora:
+        keys, metadata = set(lora.keys()), lora.metadata()
+        down = lora.get_tensor("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight")
+    assert down.shape == (32, 320)  # network_dim 32 on the first block's 320 channels
+    assert any(key.startswith("lora_te_") for key in keys)  # SD1.5 LoRAs train the text encoder too
+    assert metadata["ss_network_dim"] == "32" and metadata["ss_epoch"] == "1"
+    assert metadata["ss_base_model_version"] == "sd_v1"
+    assert newest_state(out, "testpersona7").epoch == 1
+    assert [(r["step"], r["epoch"]) for r in read_jsonl(out / METRICS_FILE)] == [(1, 1)]
+
+    # The critic draws SD1.5 evaluation images with diffusers (this interpreter's version, not sd-scripts'):
+    # every LoRA module sd-scripts wrote must land on a diffusers module, and the LoRA must change the image.
+    renderer = StableDiffusionLoraRenderer(config)
+    renderer.load_lora(out / "testpersona7.safetensors", epoch=1)
+    adapted = {
+        part: sum(1 for m in getattr(renderer.pipe, part).modules() if "zirelia_epoch_1" in getattr(m, "lora_A", {}))
+        for part in ("unet", "text_encoder")
+    }
+    written = {
+        "unet": sum(1 for k in keys if k.startswith("lora_unet_") and k.endswith(".lora_down.weight")),
+        "text_encoder": sum(1 for k in keys if k.startswith("lora_te_") and k.endswith(".lora_down.weight")),
+    }
+    assert adapted == written
+    without, with_lora = (
+        np.asarray(renderer.render(["testpersona7 reading a book"], [1], scale)[0], np.float32) for scale in (0.0, 1.0)
+    )
+    assert np.abs(with_lora - without).mean() > 0.5  # pixel levels (0-255)
