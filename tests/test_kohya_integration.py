@@ -162,32 +162,27 @@ def sd_scripts() -> Path:
     return folder
 
 
+def _build_once(sd_scripts: Path, script: str, folder: Path, last_file: str, tokenizers: Path) -> Path:
+    """Run a model-building script in sd-scripts' interpreter unless its last file is already there."""
+    if not (folder / last_file).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        python = sd_scripts / "venv" / "bin" / "python"
+        subprocess.run(
+            [str(python), "-c", script, str(folder), str(tokenizers)], cwd=sd_scripts, check=True, timeout=900
+        )
+    return folder
+
+
 @pytest.fixture(scope="module")
 def kohya_models(sd_scripts: Path, tiny_flux_dir: Path, _cache_dir: Path) -> Path:
     folder = _cache_dir / f"kohya-tiny-flux-v{MODELS_VERSION}"
-    if not (folder / "t5xxl-1layer.safetensors").is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [str(sd_scripts / "venv" / "bin" / "python"), "-c", BUILD_MODELS, str(folder), str(tiny_flux_dir)],
-            cwd=sd_scripts,
-            check=True,
-            timeout=600,
-        )
-    return folder
+    return _build_once(sd_scripts, BUILD_MODELS, folder, "t5xxl-1layer.safetensors", tiny_flux_dir)
 
 
 @pytest.fixture(scope="module")
 def sd15_model(sd_scripts: Path, tiny_flux_dir: Path, _cache_dir: Path) -> Path:
     folder = _cache_dir / f"kohya-sd15-v{SD15_MODELS_VERSION}"
-    if not (folder / "sd15" / "model_index.json").is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [str(sd_scripts / "venv" / "bin" / "python"), "-c", BUILD_SD15, str(folder), str(tiny_flux_dir)],
-            cwd=sd_scripts,
-            check=True,
-            timeout=900,
-        )
-    return folder
+    return _build_once(sd_scripts, BUILD_SD15, folder, "sd15/model_index.json", tiny_flux_dir)
 
 
 def test_verified_flags_exist_in_the_checkouts_parser(sd_scripts):
