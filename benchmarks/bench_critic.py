@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from figures import print_figure  # noqa: E402  (benchmarks/ is on sys.path: scripts run by path)
 
-from zirelia_local.config import CriticConfig  # noqa: E402
+from zirelia_local.common.config import CriticConfig  # noqa: E402
 from zirelia_local.critic.clip_score import ClipAvailability, ClipScorer  # noqa: E402
 from zirelia_local.critic.judge import Critic  # noqa: E402
 from zirelia_local.faces.identity import ReferenceIdentity  # noqa: E402

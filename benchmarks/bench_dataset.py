@@ -20,13 +20,13 @@ os.environ.setdefault("ZIRELIA_NO_PROGRESS", "1")
 
 from figures import print_figure
 
-from zirelia_local.captions import write_training_set
 from zirelia_local.cli import configure_logging
-from zirelia_local.config import load_config
-from zirelia_local.files import write_jsonl
-from zirelia_local.generate import generate_images
-from zirelia_local.manifest import Manifest
-from zirelia_local.plan import plan_images
+from zirelia_local.common.config import load_config
+from zirelia_local.common.files import write_jsonl
+from zirelia_local.common.manifest import Manifest
+from zirelia_local.dataset.captions import write_training_set
+from zirelia_local.dataset.generation import generate_images
+from zirelia_local.dataset.plan import plan_images
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def main() -> None:
 
     configure_logging()
     torch.set_num_threads(os.cpu_count() or 1)
-    from zirelia_local.flux import load_flux_pipeline
+    from zirelia_local.dataset.flux import load_flux_pipeline
 
     config = load_config(REPO / "configs" / "demo.toml")
     pipe = load_flux_pipeline(config.generator)

@@ -25,8 +25,8 @@ os.environ.setdefault("ZIRELIA_NO_PROGRESS", "1")
 from figures import print_figure
 
 from zirelia_local.cli import configure_logging
-from zirelia_local.config import load_config
-from zirelia_local.files import read_jsonl
+from zirelia_local.common.config import load_config
+from zirelia_local.common.files import read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,7 +70,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from zirelia_local.console import console
+    from zirelia_local.common.console import console
     from zirelia_local.dataset import run_dataset
 
     console.quiet = True  # the trainer's own lines would drown the figures

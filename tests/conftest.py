@@ -27,7 +27,7 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_flux_dir(_cache_dir: Path) -> Path:
-    from zirelia_local.tiny_flux import ensure_tiny_flux
+    from zirelia_local.dataset.tiny_flux import ensure_tiny_flux
 
     return ensure_tiny_flux()
 
@@ -35,8 +35,8 @@ def tiny_flux_dir(_cache_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_pipe(tiny_flux_dir: Path):
     """The tiny pipeline, loaded once. Tests must not change its state (LoRA, offload)."""
-    from zirelia_local.config import GeneratorConfig
-    from zirelia_local.flux import load_flux_pipeline
+    from zirelia_local.common.config import GeneratorConfig
+    from zirelia_local.dataset.flux import load_flux_pipeline
 
     return load_flux_pipeline(GeneratorConfig(model=str(tiny_flux_dir), device="cpu"))
 

@@ -64,8 +64,8 @@ def write_epoch_loras(tiny_flux_dir: Path, folder: Path, name: str, epochs: Sequ
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from zirelia_local.config import GeneratorConfig
-    from zirelia_local.flux import load_flux_pipeline
+    from zirelia_local.common.config import GeneratorConfig
+    from zirelia_local.dataset.flux import load_flux_pipeline
 
     pipe = load_flux_pipeline(GeneratorConfig(model=str(tiny_flux_dir), device="cpu"))
     transformer = pipe.transformer

@@ -6,9 +6,9 @@ import shutil
 
 from tests.conftest import REPO, run_cli, write_config
 from zirelia_local.cli import build_parser
-from zirelia_local.config import load_config
-from zirelia_local.errors import ZireliaError
-from zirelia_local.rundir import run_lock
+from zirelia_local.common.config import load_config
+from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.rundir import run_lock
 
 
 def test_zirelia_has_a_subcommand_per_stage():

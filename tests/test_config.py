@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_cli, write_config
-from zirelia_local.config import load_config
-from zirelia_local.errors import ConfigError
+from zirelia_local.common.config import load_config
+from zirelia_local.common.errors import ConfigError
 
 
 def test_shipped_configs_load():

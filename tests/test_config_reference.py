@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from tests.conftest import REPO, run_cli
-from zirelia_local.config import ZireliaConfig
-from zirelia_local.config_reference import REGENERATE_COMMAND, config_reference_markdown, type_description
+from zirelia_local.common.config import ZireliaConfig
+from zirelia_local.common.config_reference import REGENERATE_COMMAND, config_reference_markdown, type_description
 
 
 def test_docs_config_md_is_up_to_date() -> None:

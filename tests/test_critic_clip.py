@@ -8,9 +8,9 @@ from PIL import Image
 
 from tests.critic_support import build_tiny_clip
 from tests.photos import noise
-from zirelia_local.config import CriticConfig
+from zirelia_local.common.config import CriticConfig
+from zirelia_local.common.errors import ZireliaError
 from zirelia_local.critic.clip_score import load_clip_scorer
-from zirelia_local.errors import ZireliaError
 
 
 @pytest.fixture(scope="module")

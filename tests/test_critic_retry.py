@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from zirelia_local.config import CriticConfig, parse_config
+from zirelia_local.common.config import CriticConfig, parse_config
 from zirelia_local.critic.retry import FRAMING_WORDS, first_attempt, next_attempt, retry_seed
 from zirelia_local.critic.verdict import FAIL, FAILURE_LABELS, PASS, Check, Verdict
 

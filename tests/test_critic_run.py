@@ -20,12 +20,12 @@ from tests.critic_support import (
     write_epoch_loras,
     write_placeholder_loras,
 )
-from zirelia_local.config import load_config
+from zirelia_local.common.config import load_config
+from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.files import read_jsonl, sha256_file
 from zirelia_local.critic import run_critic
 from zirelia_local.critic.renderers import FluxLoraRenderer
-from zirelia_local.errors import ZireliaError
-from zirelia_local.files import read_jsonl, sha256_file
-from zirelia_local.generate import render_batch
+from zirelia_local.dataset.generation import render_batch
 
 CRITIC = """
 [critic]

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import write_config
-from zirelia_local.config import load_config
+from zirelia_local.common.config import load_config
+from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.files import read_jsonl
 from zirelia_local.critic import run_critic
 from zirelia_local.critic.renderers import (
     SD_GUIDANCE,
@@ -24,9 +26,7 @@ from zirelia_local.critic.renderers import (
     load_stable_diffusion_pipeline,
     renderer_for,
 )
-from zirelia_local.critic.run import _settings
-from zirelia_local.errors import ZireliaError
-from zirelia_local.files import read_jsonl
+from zirelia_local.critic.stage import _settings
 
 NAME = "testpersona7"  # tests.conftest's trigger word, so also the LoRA name
 
@@ -36,7 +36,7 @@ def build_tiny_sd15(folder: Path) -> Path:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from zirelia_local.tiny_flux import _train_clip_tokenizer
+    from zirelia_local.dataset.tiny_flux import _train_clip_tokenizer
 
     torch.manual_seed(0)
     (folder / "tokenizer").mkdir(parents=True)

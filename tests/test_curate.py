@@ -11,9 +11,12 @@ from PIL import Image, ImageOps
 
 from tests.conftest import DATA, REPO, run_cli, write_config
 from tests.photos import noise, photo, side_by_side
-from zirelia_local.config import load_config
-from zirelia_local.contact_sheet import OK_COLOUR, REJECTED_COLOUR, SheetItem, contact_sheet
-from zirelia_local.curate import (
+from zirelia_local.common.config import load_config
+from zirelia_local.common.contact_sheet import OK_COLOUR, REJECTED_COLOUR, SheetItem, contact_sheet
+from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.files import read_jsonl, write_jsonl
+from zirelia_local.common.manifest import Manifest
+from zirelia_local.curate.stage import (
     CONTACT_SHEET,
     CURATION_LOG,
     CURATION_SUMMARY,
@@ -22,12 +25,9 @@ from zirelia_local.curate import (
     run_curate,
     top_up_count,
 )
-from zirelia_local.errors import ZireliaError
+from zirelia_local.dataset.generation import generate_images, image_record
+from zirelia_local.dataset.plan import PLAN_NAME, plan_images
 from zirelia_local.faces.identity import load_identity
-from zirelia_local.files import read_jsonl, write_jsonl
-from zirelia_local.generate import generate_images, image_record
-from zirelia_local.manifest import Manifest
-from zirelia_local.plan import PLAN_NAME, plan_images
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +284,7 @@ def test_top_up_rounds_generate_new_seeds_then_stop_with_the_numbers(tmp_path, t
 
 
 def test_the_pipeline_loads_flux_once_for_the_dataset_and_the_top_up_rounds(tmp_path, monkeypatch):
-    import zirelia_local.flux as flux
+    import zirelia_local.dataset.flux as flux
     from zirelia_local.pipeline import run_pipeline
 
     loads = []

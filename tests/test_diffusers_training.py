@@ -16,9 +16,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from tests.conftest import REPO, run_cli, write_config
-from zirelia_local.config import load_config
-from zirelia_local.errors import ZireliaError
-from zirelia_local.files import read_jsonl
+from zirelia_local.common.config import load_config
+from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.files import read_jsonl
 from zirelia_local.training import run_training
 from zirelia_local.training.diffusers_backend import sample_sigmas, train_diffusers
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, write_config
-from zirelia_local import doctor
-from zirelia_local.config import CurateConfig, GeneratorConfig, TrainConfig, load_config
-from zirelia_local.doctor import GpuInfo
+from zirelia_local.common.config import CurateConfig, GeneratorConfig, TrainConfig, load_config
+from zirelia_local.doctor import checks as doctor
+from zirelia_local.doctor.checks import GpuInfo
 
 GIB = 1024**3
 

@@ -13,8 +13,8 @@ from PIL import Image
 from tests.conftest import DATA, run_cli
 from tests.onnx_standins import build_pack, build_recogniser, face_square_image
 from tests.photos import side_by_side
-from zirelia_local.config import CurateConfig
-from zirelia_local.errors import ZireliaError
+from zirelia_local.common.config import CurateConfig
+from zirelia_local.common.errors import ZireliaError
 from zirelia_local.faces import load_embedder
 from zirelia_local.faces.identity import ReferenceIdentity, load_identity, save_identity
 

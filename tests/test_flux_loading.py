@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tests.conftest import run_cli, write_config
-from zirelia_local.config import GeneratorConfig, load_config
-from zirelia_local.errors import ZireliaError
-from zirelia_local.flux import GIB, plan_memory, resolve_device, resolve_dtype, resolve_model_source
+from zirelia_local.common.config import GeneratorConfig, load_config
+from zirelia_local.common.errors import ZireliaError
+from zirelia_local.dataset.flux import GIB, plan_memory, resolve_device, resolve_dtype, resolve_model_source
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 
@@ -64,7 +64,7 @@ def test_cli_with_cuda_config_on_cpu_machine_exits_1_without_traceback(tmp_path)
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens on a machine without a GPU")
 def test_auto_device_without_a_gpu_refuses_a_real_model_before_loading_it(tmp_path, tiny_flux_dir):
-    from zirelia_local.flux import load_flux_pipeline
+    from zirelia_local.dataset.flux import load_flux_pipeline
 
     with pytest.raises(ZireliaError, match=r"no GPU found for black-forest-labs/FLUX\.1-dev") as caught:
         load_flux_pipeline(GeneratorConfig(model="black-forest-labs/FLUX.1-dev", device="auto"))
@@ -94,9 +94,9 @@ def test_builtin_model_resolves_to_a_pipeline_folder(tiny_flux_dir):
 def test_weights_not_cached_and_hub_unreachable(tmp_path):
     script = textwrap.dedent(
         """
-        from zirelia_local.config import GeneratorConfig
-        from zirelia_local.errors import ZireliaError
-        from zirelia_local.flux import load_flux_pipeline
+        from zirelia_local.common.config import GeneratorConfig
+        from zirelia_local.common.errors import ZireliaError
+        from zirelia_local.dataset.flux import load_flux_pipeline
         try:
             load_flux_pipeline(GeneratorConfig(model="black-forest-labs/FLUX.1-dev", device="cpu"))
         except ZireliaError as error:
@@ -127,9 +127,9 @@ def test_gated_repo_without_token(tmp_path):
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gated)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{server.server_address[1]}"
-        from zirelia_local.config import GeneratorConfig
-        from zirelia_local.errors import ZireliaError
-        from zirelia_local.flux import load_flux_pipeline
+        from zirelia_local.common.config import GeneratorConfig
+        from zirelia_local.common.errors import ZireliaError
+        from zirelia_local.dataset.flux import load_flux_pipeline
         try:
             load_flux_pipeline(GeneratorConfig(model="black-forest-labs/FLUX.1-dev", device="cpu"))
         except ZireliaError as error:
@@ -147,7 +147,7 @@ def test_gated_repo_without_token(tmp_path):
 def test_pickled_pipeline_folder_is_refused_unless_allowed(tmp_path, tiny_flux_dir):
     from diffusers import FluxPipeline
 
-    from zirelia_local.flux import load_flux_pipeline
+    from zirelia_local.dataset.flux import load_flux_pipeline
 
     pickled = tmp_path / "pickled"
     FluxPipeline.from_pretrained(tiny_flux_dir).save_pretrained(pickled, safe_serialization=False)
@@ -160,7 +160,7 @@ def test_pickled_pipeline_folder_is_refused_unless_allowed(tmp_path, tiny_flux_d
 
     # The stages (dataset, curation top-ups, critic) load it with the run's [run] allow_pickle.
     from zirelia_local.critic.renderers import FluxLoraRenderer
-    from zirelia_local.flux import load_generator_pipeline
+    from zirelia_local.dataset.flux import load_generator_pipeline
 
     config = load_config(write_config(tmp_path))
     config.generator.model = str(pickled)
@@ -172,7 +172,7 @@ def test_pickled_pipeline_folder_is_refused_unless_allowed(tmp_path, tiny_flux_d
 
 
 def test_require_safetensors_refuses_pickle_suffixes(tmp_path):
-    from zirelia_local.security import require_safetensors
+    from zirelia_local.common.security import require_safetensors
 
     for name in ("model.ckpt", "lora.pt", "pytorch_model.bin"):
         with pytest.raises(ZireliaError, match="pickled file"):

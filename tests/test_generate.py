@@ -15,11 +15,11 @@ import numpy as np
 from PIL import Image
 
 from tests.conftest import REPO, write_config
-from zirelia_local.config import load_config
+from zirelia_local.common.config import load_config
+from zirelia_local.common.files import sha256_file
+from zirelia_local.common.manifest import Manifest
 from zirelia_local.dataset import run_dataset
-from zirelia_local.files import sha256_file
-from zirelia_local.generate import render_batch
-from zirelia_local.manifest import Manifest
+from zirelia_local.dataset.generation import render_batch
 
 
 def test_image_is_the_same_alone_or_in_a_batch(tmp_path, tiny_pipe):

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_config
-from zirelia_local.config import load_config
-from zirelia_local.errors import ZireliaError
+from zirelia_local.common.config import load_config
+from zirelia_local.common.errors import ZireliaError
 from zirelia_local.training.kohya_command import (
     LaunchPlan,
     build_command,

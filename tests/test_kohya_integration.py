@@ -30,10 +30,10 @@ import pytest
 from safetensors import safe_open
 
 from tests.conftest import write_config
-from zirelia_local.config import load_config
+from zirelia_local.common.config import load_config
+from zirelia_local.common.files import read_jsonl
 from zirelia_local.critic.renderers import StableDiffusionLoraRenderer
 from zirelia_local.dataset import run_dataset
-from zirelia_local.files import read_jsonl
 from zirelia_local.training.kohya import LOG_FILE, METRICS_FILE, train_kohya
 from zirelia_local.training.kohya_flags import EMITTED_FLAGS, SCRIPTS, parser_flags
 from zirelia_local.training.outputs import read_epoch

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DATA, REPO
-from zirelia_local.files import read_jsonl
+from zirelia_local.common.files import read_jsonl
 from zirelia_local.training.runner import (
     OutputTracker,
     parse_epoch,

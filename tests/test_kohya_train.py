@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import save_file
 
 from tests.conftest import REPO, run_cli, write_config
-from zirelia_local.config import load_config
-from zirelia_local.errors import ZireliaError
+from zirelia_local.common.config import load_config
+from zirelia_local.common.errors import ZireliaError
 from zirelia_local.training.diagnose import FailureContext, diagnose_failure
 from zirelia_local.training.kohya import train_kohya
 from zirelia_local.training.kohya_env import safetensors_damage

@@ -11,7 +11,7 @@ from tests.conftest import REPO, run_cli
 
 STAGES_PRESENT = all(
     importlib.util.find_spec(name) is not None
-    for name in ("zirelia_local.curate", "zirelia_local.training.diffusers_backend")
+    for name in ("zirelia_local.curate.stage", "zirelia_local.training.diffusers_backend")
 )
 
 

@@ -5,9 +5,9 @@ from collections import Counter
 from itertools import combinations
 
 from tests.conftest import REPO
-from zirelia_local.config import load_config
-from zirelia_local.files import dumps_jsonl
-from zirelia_local.plan import AXES, mix32, plan_images
+from zirelia_local.common.config import load_config
+from zirelia_local.common.files import dumps_jsonl
+from zirelia_local.dataset.plan import AXES, mix32, plan_images
 
 
 def _sienna():

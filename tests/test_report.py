@@ -15,11 +15,11 @@ from PIL import Image
 from tests.conftest import REPO, run_cli, write_config
 from tests.critic_support import PhotoRenderer, save_reference_identity, write_placeholder_loras
 from tests.photos import photo
-from zirelia_local.config import load_config
+from zirelia_local.common.config import load_config
+from zirelia_local.common.files import write_jsonl
+from zirelia_local.common.rundir import prepare_run_dir
 from zirelia_local.critic import run_critic
-from zirelia_local.files import write_jsonl
-from zirelia_local.report import write_report
-from zirelia_local.rundir import prepare_run_dir
+from zirelia_local.report.stage import write_report
 
 CRITIC = """
 [critic]

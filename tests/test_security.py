@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from tests.conftest import REPO, write_config
-from zirelia_local.config import load_config
-from zirelia_local.errors import ConfigError
-from zirelia_local.security import redact, redact_toml
+from zirelia_local.common.config import load_config
+from zirelia_local.common.errors import ConfigError
+from zirelia_local.common.security import redact, redact_toml
 
 
 def test_tokens_are_redacted_from_toml_and_text():
@@ -28,7 +28,7 @@ def test_tokens_are_redacted_from_toml_and_text():
 def test_config_snapshot_in_run_dir_has_no_token(tmp_path):
     path = write_config(tmp_path, count=2)
     path.write_text(path.read_text() + '\n# hf_token = "hf_abcdefghijklmnopqrstuvwxyz1234"\n')
-    from zirelia_local.rundir import prepare_run_dir
+    from zirelia_local.common.rundir import prepare_run_dir
 
     run_dir = prepare_run_dir(load_config(path))
     assert "hf_abcdefghijklmnopqrstuvwxyz1234" not in (run_dir / "config.toml").read_text()
@@ -56,9 +56,9 @@ def _limit_file_size(limit: int):
 
 
 def test_full_disk_leaves_no_half_written_manifest_and_resume_completes(tmp_path, tiny_flux_dir):
+    from zirelia_local.common.files import sha256_file
+    from zirelia_local.common.manifest import Manifest
     from zirelia_local.dataset import run_dataset
-    from zirelia_local.files import sha256_file
-    from zirelia_local.manifest import Manifest
 
     path = write_config(tmp_path, count=6, batch_size=2)
     run_dataset(load_config(path))

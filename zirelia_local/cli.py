@@ -11,14 +11,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from zirelia_local import __version__
-from zirelia_local.errors import ConfigError, ZireliaError
+from zirelia_local.common.errors import ConfigError, ZireliaError
 
 
 def configure_logging(verbose: bool = False) -> None:
     """Our messages through rich; the libraries' own progress bars and chatter kept quiet."""
     from rich.logging import RichHandler
 
-    from zirelia_local.console import console
+    from zirelia_local.common.console import console
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -42,7 +42,7 @@ def run_guarded(action: Callable[[], int | None]) -> int:
     """Run a command: user-facing errors become a message and an exit code, never a traceback."""
     from rich.markup import escape
 
-    from zirelia_local.console import console
+    from zirelia_local.common.console import console
 
     try:
         code = action()
@@ -85,13 +85,13 @@ def _add_common(parser: argparse.ArgumentParser, *, config_required: bool = True
 
 
 def _load(args: argparse.Namespace):
-    from zirelia_local.config import load_config
+    from zirelia_local.common.config import load_config
 
     return load_config(args.config, run_dir=args.run_dir)
 
 
 def _locked(args: argparse.Namespace, stage: Callable) -> int | None:
-    from zirelia_local.rundir import run_lock
+    from zirelia_local.common.rundir import run_lock
 
     config = _load(args)
     with run_lock(config.run_dir):
@@ -106,8 +106,8 @@ def _cmd_dataset(config, args) -> int:
 
 
 def _cmd_caption(config, args) -> int:
-    from zirelia_local.captions import write_training_set
-    from zirelia_local.console import info
+    from zirelia_local.common.console import info
+    from zirelia_local.dataset.captions import write_training_set
 
     training_set = write_training_set(config, config.run_dir)
     info(f"{len(training_set.image_ids)} captioned image(s) in {training_set.folder}; {training_set.dataset_toml}")
@@ -136,7 +136,7 @@ def _cmd_critic(config, args) -> int:
 
 
 def _cmd_report(config, args) -> int:
-    from zirelia_local.console import info
+    from zirelia_local.common.console import info
     from zirelia_local.report import write_report
 
     info(f"report: {write_report(config)}")
@@ -158,7 +158,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_reference(args: argparse.Namespace) -> int:
-    from zirelia_local.config_reference import config_reference_markdown
+    from zirelia_local.common.config_reference import config_reference_markdown
 
     sys.stdout.write(config_reference_markdown())
     return 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zirelia_local.config import ZireliaConfig
-from zirelia_local.console import console, info
+from zirelia_local.common.config import ZireliaConfig
+from zirelia_local.common.console import console, info
 
 
 def run_pipeline(config: ZireliaConfig) -> Path:
@@ -13,7 +13,7 @@ def run_pipeline(config: ZireliaConfig) -> Path:
     from zirelia_local.critic import run_critic
     from zirelia_local.curate import run_curate
     from zirelia_local.dataset import run_dataset
-    from zirelia_local.flux import release_pipeline_memory
+    from zirelia_local.dataset.flux import release_pipeline_memory
     from zirelia_local.report import write_report
     from zirelia_local.training import run_training
 

@@ -27,9 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose)
 
     def action() -> int:
-        from zirelia_local.config import load_config
+        from zirelia_local.common.config import load_config
+        from zirelia_local.common.rundir import run_lock
         from zirelia_local.pipeline import run_pipeline
-        from zirelia_local.rundir import run_lock
 
         config = load_config(args.config, run_dir=args.run_dir)
         with run_lock(config.run_dir):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from zirelia_local.config import CriticConfig
+from zirelia_local.common.config import CriticConfig
 from zirelia_local.critic.verdict import (
     BLURRY,
     FACE_CUT_OFF,

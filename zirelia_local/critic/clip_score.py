@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zirelia_local.config import CriticConfig
-from zirelia_local.errors import ZireliaError
-from zirelia_local.security import PICKLE_SUFFIXES, require_safetensors
+from zirelia_local.common.config import CriticConfig
+from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.security import PICKLE_SUFFIXES, require_safetensors
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,9 @@ from typing import Any
 
 from rich.markup import escape
 
-from zirelia_local.config import CriticConfig, ZireliaConfig
-from zirelia_local.console import warn
+from zirelia_local.common.config import CriticConfig, ZireliaConfig
+from zirelia_local.common.console import warn
+from zirelia_local.common.images import load_rgb
 from zirelia_local.critic.checks import (
     check_exposure,
     check_face_found,
@@ -40,7 +41,6 @@ from zirelia_local.critic.verdict import (
 )
 from zirelia_local.faces.base import DetectedFace, FaceEmbedder
 from zirelia_local.faces.identity import IDENTITY_NAME, ReferenceIdentity
-from zirelia_local.faces.images import load_rgb
 
 
 class Critic:

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from zirelia_local.config import ZireliaConfig
-from zirelia_local.errors import ZireliaError
-from zirelia_local.security import require_safetensors
+from zirelia_local.common.config import ZireliaConfig
+from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.security import require_safetensors
 
 #: Classifier-free guidance for SD1.5 / SDXL evaluation images (their usual default); FLUX's 3.5 is a
 #: distilled-guidance value and would draw washed-out SD images.
@@ -125,7 +125,7 @@ class _LoraAdapterRenderer:
         return self._draw(prompts, seeds)
 
     def _draw(self, prompts: list[str], seeds: list[int]) -> list[Any]:
-        from zirelia_local.generate import render_batch
+        from zirelia_local.dataset.generation import render_batch
 
         return render_batch(self.pipe, prompts, seeds, self.generation, size=self.size)
 
@@ -139,7 +139,7 @@ class FluxLoraRenderer(_LoraAdapterRenderer):
     """The `[generator]` FLUX pipeline with each epoch's FLUX LoRA."""
 
     def _load_pipeline(self) -> Any:
-        from zirelia_local.flux import load_generator_pipeline
+        from zirelia_local.dataset.flux import load_generator_pipeline
 
         return load_generator_pipeline(self.config, "for the evaluation images")
 
@@ -170,8 +170,8 @@ class StableDiffusionLoraRenderer(_LoraAdapterRenderer):
 
 def load_stable_diffusion_pipeline(config: ZireliaConfig) -> Any:
     """The SD1.5 / SDXL pipeline of `[train] pretrained_model`: a diffusers folder or a single file."""
-    from zirelia_local.console import info, quiet_library_progress
-    from zirelia_local.flux import resolve_device, resolve_dtype
+    from zirelia_local.common.console import info, quiet_library_progress
+    from zirelia_local.dataset.flux import resolve_device, resolve_dtype
 
     model_type = config.train.model_type
     if not config.train.pretrained_model:

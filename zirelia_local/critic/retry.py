@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from zirelia_local.config import CriticConfig, ZireliaConfig
+from zirelia_local.common.config import CriticConfig, ZireliaConfig
 from zirelia_local.critic.verdict import (
     BLURRY,
     FACE_CUT_OFF,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from zirelia_local.config import CurateConfig
+from zirelia_local.common.config import CurateConfig
 from zirelia_local.faces.base import DetectedFace, FaceEmbedder
 
 __all__ = ["DetectedFace", "FaceEmbedder", "load_embedder"]

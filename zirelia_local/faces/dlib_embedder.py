@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from zirelia_local.errors import ZireliaError
+from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.images import load_rgb
 from zirelia_local.faces.base import DetectedFace, FaceEmbedder
-from zirelia_local.faces.images import load_rgb
 
 SHAPE_PREDICTOR_5 = "shape_predictor_5_face_landmarks.dat"
 RESNET_MODEL = "dlib_face_recognition_resnet_model_v1.dat"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zirelia_local.errors import ZireliaError
+from zirelia_local.common.errors import ZireliaError
 
 IDENTITY_NAME = "identity.safetensors"
 
@@ -28,7 +28,7 @@ class ReferenceIdentity:
 def save_identity(run_dir: Path, identity: ReferenceIdentity) -> Path:
     from safetensors.numpy import save
 
-    from zirelia_local.files import atomic_write_bytes
+    from zirelia_local.common.files import atomic_write_bytes
 
     data = save(
         {"embedding": np.asarray(identity.embedding, np.float32)},

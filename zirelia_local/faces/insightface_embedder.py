@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 from rich.markup import escape
 
-from zirelia_local.console import info
-from zirelia_local.errors import ZireliaError
+from zirelia_local.common.console import info
+from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.images import load_rgb
 from zirelia_local.faces.base import DetectedFace, FaceEmbedder
-from zirelia_local.faces.images import load_rgb
 
 #: insightface's default same-person cosine similarity
 INSIGHTFACE_SAME_PERSON_COSINE = 0.40

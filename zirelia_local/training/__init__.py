@@ -1,31 +1,5 @@
-"""The training stage: launch kohya sd-scripts, or run the built-in diffusers+peft FLUX trainer."""
+"""Stage 3, training: launch kohya sd-scripts, or run the built-in diffusers+peft FLUX trainer."""
 
-from __future__ import annotations
+from zirelia_local.training.stage import TrainingResult, run_training
 
-from dataclasses import dataclass, field
-from pathlib import Path
-
-from zirelia_local.config import ZireliaConfig
-
-
-@dataclass
-class TrainingResult:
-    backend: str
-    output_dir: Path
-    #: epoch -> LoRA file, as `outputs.epoch_lora_files` lists them
-    epoch_files: dict[int, Path] = field(default_factory=dict)
-    dry_run: bool = False
-
-
-def run_training(config: ZireliaConfig, *, dry_run: bool = False) -> TrainingResult:
-    """Train the persona LoRA with the configured backend, on the set curation kept."""
-    from zirelia_local.curate import check_curation_for_training
-
-    check_curation_for_training(config, dry_run=dry_run)
-    if config.train.backend == "kohya":
-        from zirelia_local.training.kohya import train_kohya
-
-        return train_kohya(config, dry_run=dry_run)
-    from zirelia_local.training.diffusers_backend import train_diffusers
-
-    return train_diffusers(config, dry_run=dry_run)
+__all__ = ["TrainingResult", "run_training"]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from zirelia_local.errors import ZireliaError
+from zirelia_local.common.errors import ZireliaError
 from zirelia_local.training.kohya_flags import SD_SCRIPTS_COMMIT
 from zirelia_local.training.presets import smaller_preset
 

@@ -28,13 +28,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zirelia_local.config import ZireliaConfig
-from zirelia_local.console import info, progress_bar, warn
-from zirelia_local.errors import ZireliaError
-from zirelia_local.files import append_jsonl, atomic_write_bytes, read_jsonl, sha256_file, write_jsonl
-from zirelia_local.training import TrainingResult
+from zirelia_local.common.config import ZireliaConfig
+from zirelia_local.common.console import info, progress_bar, warn
+from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.files import append_jsonl, atomic_write_bytes, read_jsonl, sha256_file, write_jsonl
 from zirelia_local.training.flux_cache import CACHE_DIR, Example, FluxEncoder, encode_with_cache
 from zirelia_local.training.outputs import epoch_lora_files, train_dir
+from zirelia_local.training.stage import TrainingResult
 
 if TYPE_CHECKING:
     import torch
@@ -98,8 +98,8 @@ def _optimizer_name(value: str | None) -> str:
 
 
 def _selected_count(config: ZireliaConfig) -> int:
-    from zirelia_local.captions import selected_records
-    from zirelia_local.manifest import Manifest
+    from zirelia_local.common.manifest import Manifest
+    from zirelia_local.dataset.captions import selected_records
 
     return len(selected_records(Manifest(config.run_dir)))
 
@@ -108,7 +108,7 @@ def plan_training(config: ZireliaConfig, images: int) -> DiffusersTrainPlan:
     """Resolve devices, dtypes, sizes and step counts for `images` training images."""
     import torch
 
-    from zirelia_local.flux import gpu_total_memory, resolve_device, resolve_model_source
+    from zirelia_local.dataset.flux import gpu_total_memory, resolve_device, resolve_model_source
 
     train = config.train
     device = resolve_device(config.generator.device)
@@ -253,8 +253,8 @@ def _read_examples(folder: Path, image_ids: list[str]) -> list[Example]:
 
 def _load_component(loader: Any, source: str, config: ZireliaConfig, **kwargs: Any) -> Any:
     """`loader(source, **kwargs)` (a `from_pretrained`), with the hub's failures explained as in generation."""
-    from zirelia_local.console import quiet_library_progress
-    from zirelia_local.flux import _explain_load_failure, _hub_token
+    from zirelia_local.common.console import quiet_library_progress
+    from zirelia_local.dataset.flux import _explain_load_failure, _hub_token
 
     quiet_library_progress()
     # Safetensors only, unless the user opted in to pickled weights ([run] allow_pickle).
@@ -412,7 +412,7 @@ def train_diffusers(config: ZireliaConfig, dry_run: bool = False) -> TrainingRes
         info(f"would write {out_dir}/{name}-000001.safetensors ... {name}.safetensors, cache in {out_dir / CACHE_DIR}")
         return TrainingResult(backend="diffusers", output_dir=out_dir, dry_run=True)
 
-    from zirelia_local.captions import write_training_set
+    from zirelia_local.dataset.captions import write_training_set
     from zirelia_local.training.train_state import find_states
 
     plan_probe = plan_training(config, 0)

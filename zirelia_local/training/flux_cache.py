@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zirelia_local.files import atomic_write_bytes
+from zirelia_local.common.files import atomic_write_bytes
 
 if TYPE_CHECKING:
     import torch

@@ -16,10 +16,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from zirelia_local.config import ZireliaConfig
-from zirelia_local.errors import ZireliaError
-from zirelia_local.files import atomic_write_json, atomic_write_text
-from zirelia_local.training import TrainingResult
+from zirelia_local.common.config import ZireliaConfig
+from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.files import atomic_write_json, atomic_write_text
 from zirelia_local.training.diagnose import FailureContext, diagnose_failure
 from zirelia_local.training.kohya_command import (
     PLACEHOLDER_SD_SCRIPTS,
@@ -48,6 +47,7 @@ from zirelia_local.training.outputs import epoch_lora_files, read_epoch, train_d
 from zirelia_local.training.presets import PresetChoice, choose_preset, detect_local_gpus, report_choice
 from zirelia_local.training.resume import SavedState, list_states, newest_state
 from zirelia_local.training.runner import Interrupted, run_streaming
+from zirelia_local.training.stage import TrainingResult
 
 LOG_FILE = "train.log"
 METRICS_FILE = "metrics.jsonl"
@@ -224,8 +224,8 @@ def _check_devices(config: ZireliaConfig, gpus: list | None) -> None:
 
 def _write_training_set(config: ZireliaConfig, *, batch_size: int, resolution: int, dry_run: bool) -> tuple[Path, Path]:
     """Rewrite train_data/, dataset.toml and sample_prompts.txt for the preset's batch size and resolution."""
-    from zirelia_local.captions import DATASET_TOML, SAMPLE_PROMPTS, write_training_set
-    from zirelia_local.manifest import Manifest
+    from zirelia_local.common.manifest import Manifest
+    from zirelia_local.dataset.captions import DATASET_TOML, SAMPLE_PROMPTS, write_training_set
 
     run_dir = config.run_dir
     has_images = (run_dir / "manifest.jsonl").is_file() and any(True for _ in Manifest(run_dir).generated())

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-from zirelia_local.config import ZireliaConfig
-from zirelia_local.errors import ZireliaError
+from zirelia_local.common.config import ZireliaConfig
+from zirelia_local.common.errors import ZireliaError
 from zirelia_local.training.kohya_flags import (
     NETWORK_MODULES,
     SCRIPTS,

@@ -14,8 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zirelia_local.config import ZireliaConfig
-from zirelia_local.errors import ZireliaError
+from zirelia_local.common.config import ZireliaConfig
+from zirelia_local.common.errors import ZireliaError
 from zirelia_local.training.kohya_command import absolute, looks_like_hub_id, model_paths
 from zirelia_local.training.kohya_flags import SCRIPTS
 from zirelia_local.training.presets import GpuInfo

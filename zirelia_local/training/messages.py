@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from rich.markup import escape
 
-from zirelia_local import console
+from zirelia_local.common import console
 
 
 def info(message: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from zirelia_local.config import ZireliaConfig
+from zirelia_local.common.config import ZireliaConfig
 
 TRAIN_DIR = "train"
 _EPOCH_FILE = re.compile(r"^(?P<name>.+)-(?P<epoch>\d{6})\.safetensors$")

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from zirelia_local.console import Advance, progress_bar
-from zirelia_local.files import append_jsonl
-from zirelia_local.security import redact
+from zirelia_local.common.console import Advance, progress_bar
+from zirelia_local.common.files import append_jsonl
+from zirelia_local.common.security import redact
 from zirelia_local.training.messages import info
 
 logger = logging.getLogger(__name__)

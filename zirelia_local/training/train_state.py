@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zirelia_local.files import atomic_write_bytes, atomic_write_json
+from zirelia_local.common.files import atomic_write_bytes, atomic_write_json
 
 if TYPE_CHECKING:
     import torch

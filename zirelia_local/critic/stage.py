@@ -27,8 +27,19 @@ from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
-from zirelia_local.config import ZireliaConfig
-from zirelia_local.console import console, info, progress_bar, warn
+from zirelia_local.common.config import ZireliaConfig
+from zirelia_local.common.console import console, info, progress_bar, warn
+from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    link_or_copy,
+    png_bytes,
+    read_json_object,
+    sha256_file,
+    write_jsonl,
+)
+from zirelia_local.common.security import redact
 from zirelia_local.critic.judge import Critic
 from zirelia_local.critic.renderers import (
     EvaluationRenderer,
@@ -40,17 +51,6 @@ from zirelia_local.critic.renderers import (
 from zirelia_local.critic.retry import Attempt, first_attempt, next_attempt
 from zirelia_local.critic.selection import EpochScore, Selection, select_epoch, summarize_epoch
 from zirelia_local.critic.verdict import FAILURE_LABELS
-from zirelia_local.errors import ZireliaError
-from zirelia_local.files import (
-    atomic_write_bytes,
-    atomic_write_json,
-    link_or_copy,
-    png_bytes,
-    read_json_object,
-    sha256_file,
-    write_jsonl,
-)
-from zirelia_local.security import redact
 
 if TYPE_CHECKING:
     pass
@@ -283,7 +283,7 @@ def _attempt_record(
 
 
 def _plain_prompt(config: ZireliaConfig, scene: str) -> str:
-    from zirelia_local.captions import evaluation_prompt
+    from zirelia_local.dataset.captions import evaluation_prompt
 
     return evaluation_prompt(config, scene)
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zirelia_local.config import GeneratorConfig, ZireliaConfig
-from zirelia_local.errors import ConfigError, ZireliaError
-from zirelia_local.tiny_flux import is_builtin, resolve_builtin
+from zirelia_local.common.config import GeneratorConfig, ZireliaConfig
+from zirelia_local.common.errors import ConfigError, ZireliaError
+from zirelia_local.dataset.tiny_flux import is_builtin, resolve_builtin
 
 if TYPE_CHECKING:
     import torch
@@ -199,7 +199,7 @@ def load_flux_pipeline(
     import torch
     from diffusers import FluxPipeline
 
-    from zirelia_local.console import quiet_library_progress
+    from zirelia_local.common.console import quiet_library_progress
 
     quiet_library_progress()
     device = device if device is not None else resolve_device(gen.device)
@@ -270,7 +270,7 @@ def load_flux_pipeline(
 
 def load_generator_pipeline(config: ZireliaConfig, purpose: str = "") -> FluxPipeline:
     """The stages' FLUX pipeline: `[generator]` with the run's `[run] allow_pickle`, announced on the console."""
-    from zirelia_local.console import info
+    from zirelia_local.common.console import info
 
     info(f"loading {config.generator.model}{f' {purpose}' if purpose else ''} ...")
     return load_flux_pipeline(config.generator, allow_pickle=config.run.allow_pickle)

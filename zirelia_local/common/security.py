@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from zirelia_local.errors import ZireliaError
+from zirelia_local.common.errors import ZireliaError
 
 # Formats that torch / pickle deserialise by running code stored in the file.
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}

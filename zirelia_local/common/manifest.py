@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from zirelia_local.files import read_jsonl, sha256_file, write_jsonl
+from zirelia_local.common.files import read_jsonl, sha256_file, write_jsonl
 
 MANIFEST_NAME = "manifest.jsonl"
 

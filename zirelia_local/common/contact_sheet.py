@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from zirelia_local.files import atomic_write_bytes, png_bytes
+from zirelia_local.common.files import atomic_write_bytes, png_bytes
 
 OK_COLOUR = (46, 160, 67)
 REJECTED_COLOUR = (207, 34, 46)

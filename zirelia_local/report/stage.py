@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from zirelia_local.config import ZireliaConfig
-from zirelia_local.files import atomic_write_bytes, atomic_write_text, read_json_object, read_jsonl
-from zirelia_local.security import redact, redact_toml
+from zirelia_local.common.config import ZireliaConfig
+from zirelia_local.common.files import atomic_write_bytes, atomic_write_text, read_json_object, read_jsonl
+from zirelia_local.common.security import redact, redact_toml
 
 REPORT_DIR = "report"
 REPORT_NAME = "index.html"
@@ -435,7 +435,7 @@ def _commands_section(config: ZireliaConfig, selection: dict[str, Any] | None, r
 
 def build_report_html(config: ZireliaConfig, report_dir: Path) -> tuple[str, bytes]:
     """The page and its curves PNG, from the files in the run directory."""
-    from zirelia_local.critic.run import CRITIC_DIR, SCORES_NAME, SELECTION_NAME
+    from zirelia_local.critic.stage import CRITIC_DIR, SCORES_NAME, SELECTION_NAME
 
     run_dir = config.run_dir
     selection = read_json_object(run_dir / CRITIC_DIR / SELECTION_NAME)

@@ -1,4 +1,4 @@
-"""The config reference (docs/config.md), generated from the pydantic models in `zirelia_local.config`.
+"""The config reference (docs/config.md), generated from the pydantic models in `zirelia_local.common.config`.
 
 One section per TOML table, one row per key: type (with its allowed values and bounds), default, and the
 field's own description. The models are the single source: `zirelia config-reference > docs/config.md`
@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from zirelia_local.config import ZireliaConfig
+from zirelia_local.common.config import ZireliaConfig
 
 REGENERATE_COMMAND = "zirelia config-reference > docs/config.md"
 
@@ -26,7 +26,7 @@ _SCALAR_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean"
 
 _INTRO = f"""# Config reference
 
-<!-- Generated from zirelia_local/config.py by `{REGENERATE_COMMAND}`. Do not edit by hand. -->
+<!-- Generated from zirelia_local/common/config.py by `{REGENERATE_COMMAND}`. Do not edit by hand. -->
 
 A run is described by one TOML file (see `configs/demo.toml` and `configs/sienna.toml`). Each section below
 is a TOML table; `[persona]` and `[dataset]` are required, the others may be left out. Unknown keys, wrong

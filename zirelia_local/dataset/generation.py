@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zirelia_local.config import ZireliaConfig
-from zirelia_local.console import info, progress_bar
-from zirelia_local.files import atomic_write_bytes, png_bytes, remove_stale_temp_files, sha256_bytes
-from zirelia_local.manifest import Manifest
-from zirelia_local.plan import PlannedImage
+from zirelia_local.common.config import ZireliaConfig
+from zirelia_local.common.console import info, progress_bar
+from zirelia_local.common.files import atomic_write_bytes, png_bytes, remove_stale_temp_files, sha256_bytes
+from zirelia_local.common.manifest import Manifest
+from zirelia_local.dataset.plan import PlannedImage
 
 if TYPE_CHECKING:
     from diffusers import FluxPipeline
@@ -111,7 +111,7 @@ def generate_images(
         return GenerationResult(generated=[], skipped=skipped, seconds=0.0)
 
     if pipe is None:
-        from zirelia_local.flux import load_generator_pipeline
+        from zirelia_local.dataset.flux import load_generator_pipeline
 
         pipe = load_generator_pipeline(config)
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from zirelia_local.errors import ConfigError
+from zirelia_local.common.errors import ConfigError
 
 TRIGGER_WORD_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{2,39}$"
 

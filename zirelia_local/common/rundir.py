@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from zirelia_local.config import ZireliaConfig
-from zirelia_local.errors import ZireliaError
-from zirelia_local.files import atomic_write_bytes
+from zirelia_local.common.config import ZireliaConfig
+from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.files import atomic_write_bytes
 
 LOCK_NAME = ".lock"
 CONFIG_SNAPSHOT = "config.toml"
@@ -24,7 +24,7 @@ def prepare_run_dir(config: ZireliaConfig) -> Path:
     except OSError as error:
         raise ZireliaError(f"cannot create the run directory {run_dir}: {error.strerror}") from None
     if config.source is not None and config.source.is_file():
-        from zirelia_local.security import redact_toml
+        from zirelia_local.common.security import redact_toml
 
         atomic_write_bytes(run_dir / CONFIG_SNAPSHOT, redact_toml(config.source.read_text(encoding="utf-8")).encode())
     return run_dir

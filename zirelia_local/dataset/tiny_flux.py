@@ -61,7 +61,7 @@ def resolve_builtin(model: str) -> Path:
     """Return the local folder of a `builtin:` model, building it on first use."""
     name = model[len(BUILTIN_PREFIX) :]
     if name != TINY_FLUX_NAME:
-        from zirelia_local.errors import ZireliaError
+        from zirelia_local.common.errors import ZireliaError
 
         raise ZireliaError(
             f"unknown built-in model {model!r}",

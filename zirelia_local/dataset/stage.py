@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from zirelia_local.captions import TrainingSet, write_training_set
-from zirelia_local.config import ZireliaConfig
-from zirelia_local.console import info
-from zirelia_local.files import write_jsonl
-from zirelia_local.generate import GenerationResult, generate_images
-from zirelia_local.manifest import Manifest
-from zirelia_local.plan import PLAN_NAME, plan_images
-from zirelia_local.rundir import prepare_run_dir
+from zirelia_local.common.config import ZireliaConfig
+from zirelia_local.common.console import info
+from zirelia_local.common.files import write_jsonl
+from zirelia_local.common.manifest import Manifest
+from zirelia_local.common.rundir import prepare_run_dir
+from zirelia_local.dataset.captions import TrainingSet, write_training_set
+from zirelia_local.dataset.generation import GenerationResult, generate_images
+from zirelia_local.dataset.plan import PLAN_NAME, plan_images
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from typing import Any
 
-from zirelia_local.config import DatasetConfig, PersonaConfig
+from zirelia_local.common.config import DatasetConfig, PersonaConfig
 
 PLAN_NAME = "plan.jsonl"
 # Axis name in prompts/captions -> field of DatasetConfig holding its values.

@@ -31,15 +31,11 @@ from typing import Any
 import numpy as np
 from rich.markup import escape
 
-from zirelia_local.captions import TrainingSet, write_training_set
-from zirelia_local.config import CurateConfig, ZireliaConfig
-from zirelia_local.console import info, progress_bar, warn
-from zirelia_local.contact_sheet import SheetItem, contact_sheet
-from zirelia_local.errors import ZireliaError
-from zirelia_local.faces import DetectedFace, FaceEmbedder, load_embedder
-from zirelia_local.faces.identity import IDENTITY_NAME, ReferenceIdentity, save_identity
-from zirelia_local.faces.images import IMAGE_SUFFIXES, load_rgb
-from zirelia_local.files import (
+from zirelia_local.common.config import CurateConfig, ZireliaConfig
+from zirelia_local.common.console import info, progress_bar, warn
+from zirelia_local.common.contact_sheet import SheetItem, contact_sheet
+from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.files import (
     atomic_write_bytes,
     atomic_write_json,
     link_or_copy,
@@ -49,8 +45,12 @@ from zirelia_local.files import (
     sha256_file,
     write_jsonl,
 )
-from zirelia_local.manifest import MANIFEST_NAME, Manifest
-from zirelia_local.rundir import prepare_run_dir
+from zirelia_local.common.images import IMAGE_SUFFIXES, load_rgb
+from zirelia_local.common.manifest import MANIFEST_NAME, Manifest
+from zirelia_local.common.rundir import prepare_run_dir
+from zirelia_local.dataset.captions import TrainingSet, write_training_set
+from zirelia_local.faces import DetectedFace, FaceEmbedder, load_embedder
+from zirelia_local.faces.identity import IDENTITY_NAME, ReferenceIdentity, save_identity
 
 CURATION_LOG = "curation.jsonl"
 CURATION_SUMMARY = "curation.json"
@@ -474,7 +474,7 @@ def import_images(config: ZireliaConfig, run_dir: Path, folder: Path) -> tuple[M
 
 
 def _append_plan(run_dir: Path, entries: Sequence[Any]) -> None:
-    from zirelia_local.plan import PLAN_NAME
+    from zirelia_local.dataset.plan import PLAN_NAME
 
     path = run_dir / PLAN_NAME
     existing = list(read_jsonl(path)) if path.is_file() else []
@@ -496,10 +496,10 @@ class _Generator:
         self.pipe = pipe
 
     def generate(self, run_dir: Path, manifest: Manifest, entries: Sequence[Any], round_index: int) -> None:
-        from zirelia_local.generate import generate_images
+        from zirelia_local.dataset.generation import generate_images
 
         if self.pipe is None:
-            from zirelia_local.flux import load_generator_pipeline
+            from zirelia_local.dataset.flux import load_generator_pipeline
 
             self.pipe = load_generator_pipeline(self.config, "for top-up generation")
         _append_plan(run_dir, entries)
@@ -508,7 +508,7 @@ class _Generator:
 
 def _finish_interrupted_top_up(config: ZireliaConfig, run_dir: Path, manifest: Manifest, generator: _Generator) -> None:
     """Generate top-up images a killed run planned but did not draw (same plan entries, same seeds)."""
-    from zirelia_local.plan import plan_images
+    from zirelia_local.dataset.plan import plan_images
 
     leftover = [r for r in manifest if r.get("status") != "generated" and r.get("index", 0) >= config.dataset.count]
     if not leftover:
@@ -726,7 +726,7 @@ def run_curate(
         rounds_done = max((int(r.get("round", 0)) for r in records), default=0)
         if not can_top_up or passing >= target or rounds_done >= curate.top_up_rounds:
             break
-        from zirelia_local.plan import plan_images
+        from zirelia_local.dataset.plan import plan_images
 
         count = top_up_count(target - passing, passing, len(records))
         start = max((int(r.get("index", 0)) for r in manifest), default=-1) + 1

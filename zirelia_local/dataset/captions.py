@@ -17,9 +17,9 @@ from typing import Any
 
 import tomli_w
 
-from zirelia_local.config import ZireliaConfig
-from zirelia_local.files import atomic_write_text, link_or_copy
-from zirelia_local.manifest import Manifest
+from zirelia_local.common.config import ZireliaConfig
+from zirelia_local.common.files import atomic_write_text, link_or_copy
+from zirelia_local.common.manifest import Manifest
 
 TRAIN_DATA_DIR = "train_data"
 DATASET_TOML = "dataset.toml"

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from zirelia_local.config import CurateConfig, GeneratorConfig, TrainConfig, ZireliaConfig
-from zirelia_local.tiny_flux import is_builtin
+from zirelia_local.common.config import CurateConfig, GeneratorConfig, TrainConfig, ZireliaConfig
+from zirelia_local.dataset.tiny_flux import is_builtin
 from zirelia_local.training.presets import MIN_GIB, GpuInfo, fitting_preset, used_gpus
 
 Status = Literal["ok", "warn", "FAIL"]
@@ -288,7 +288,7 @@ def device_check(config: ZireliaConfig, gpus: list[GpuInfo]) -> Check | None:
         return ok("device", f"{gen.device} (a GPU is visible but the config does not use it)")
     import torch
 
-    from zirelia_local.flux import plan_memory
+    from zirelia_local.dataset.flux import plan_memory
 
     device = "cuda:0" if gen.device == "auto" else gen.device
     index = int(device.split(":")[1]) if ":" in device else 0
@@ -548,7 +548,7 @@ def kohya_checks(config: ZireliaConfig, *, import_timeout: float = SD_SCRIPTS_IM
 def embedder_check(curate: CurateConfig, gpus: list[GpuInfo]) -> Check:
     name = f"embedder ({curate.embedder})"
     if curate.embedder == "dlib":
-        from zirelia_local.errors import ZireliaError
+        from zirelia_local.common.errors import ZireliaError
         from zirelia_local.faces.dlib_embedder import RESNET_MODEL, SHAPE_PREDICTOR_5, dlib_models_dir
 
         try:
@@ -715,7 +715,7 @@ def render_table(checks: Iterable[Check], title: str) -> None:
 
 def run_doctor(config: ZireliaConfig | None) -> int:
     """Print the table; 1 when a FAIL row means the configured run cannot start, else 0."""
-    from zirelia_local.console import console
+    from zirelia_local.common.console import console
 
     checks = collect_checks(config)
     title = f"zirelia doctor: {config.source or 'config'}" if config is not None else "zirelia doctor: environment"

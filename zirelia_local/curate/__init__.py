@@ -1,0 +1,5 @@
+"""Stage 2, curation: keep one consistent identity in the training set, topping up when too few remain."""
+
+from zirelia_local.curate.stage import CurateResult, check_curation_for_training, run_curate
+
+__all__ = ["CurateResult", "check_curation_for_training", "run_curate"]
