@@ -89,6 +89,12 @@ def config_path(tmp_path: Path) -> Path:
     return write_config(tmp_path)
 
 
+def assert_no_temp_files(run_dir: Path) -> None:
+    """A finished (or rerun) stage leaves no temp file of an atomic write anywhere in the run directory."""
+    leftovers = sorted(str(path.relative_to(run_dir)) for path in run_dir.rglob("*.tmp"))
+    assert not leftovers, f"temp files left in {run_dir}: {leftovers}"
+
+
 def run_cli(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 300):
     """Run a command of ours in a real subprocess (as a user would) and return the CompletedProcess."""
     import subprocess

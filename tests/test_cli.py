@@ -71,3 +71,22 @@ def test_demo_config_runs_end_to_end(tmp_path):
     )
     assert again.returncode == 0
     assert "already generated and verified" in again.stderr
+
+
+def test_stages_run_alone_on_an_empty_run_directory_say_what_comes_first(tmp_path):
+    """Each stage on a run directory that has nothing for it: exit 1, the missing input, the command to run."""
+    path = write_config(tmp_path, count=2)
+    expected = {
+        "caption": "zirelia dataset CONFIG",
+        "curate": "zirelia dataset CONFIG",
+        "train": "zirelia dataset CONFIG",
+        "critic": "zirelia train CONFIG",
+        "report": "python -m zirelia_local.train CONFIG",
+    }
+    for command, hint in expected.items():
+        run_dir = tmp_path / f"empty-{command}"
+        result = run_cli(["-m", "zirelia_local", command, str(path), "--run-dir", str(run_dir)])
+        output = " ".join((result.stdout + result.stderr).split())
+        assert result.returncode == 1, (command, output)
+        assert "Traceback" not in output and hint in output, (command, output)
+        assert not (run_dir / "report").exists()

@@ -16,15 +16,11 @@ from zirelia_local.common.contact_sheet import OK_COLOUR, REJECTED_COLOUR, Sheet
 from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import read_jsonl, write_jsonl
 from zirelia_local.common.manifest import Manifest
-from zirelia_local.curate.stage import (
-    CONTACT_SHEET,
-    CURATION_LOG,
-    CURATION_SUMMARY,
-    FACE_CACHE,
-    choose_cluster,
-    run_curate,
-    top_up_count,
-)
+from zirelia_local.curate import run_curate
+from zirelia_local.curate.outputs import CONTACT_SHEET, CURATION_LOG, CURATION_SUMMARY
+from zirelia_local.curate.scan import FACE_CACHE
+from zirelia_local.curate.topup import top_up_count
+from zirelia_local.curate.verdicts import choose_cluster
 from zirelia_local.dataset.generation import generate_images, image_record
 from zirelia_local.dataset.plan import PLAN_NAME, plan_images
 from zirelia_local.faces.identity import load_identity

@@ -20,7 +20,8 @@ from zirelia_local.common.config import load_config
 from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import read_jsonl
 from zirelia_local.training import run_training
-from zirelia_local.training.diffusers_backend import sample_sigmas, train_diffusers
+from zirelia_local.training.diffusers_backend import train_diffusers
+from zirelia_local.training.diffusers_plan import sample_sigmas
 
 NAME = "testpersona7"
 TRAIN = """
@@ -240,7 +241,7 @@ def test_unsupported_optimizer_is_a_clear_error(trained):
 
 
 def test_shift_sampling_matches_sd_scripts_formula(trained):
-    from zirelia_local.training.diffusers_backend import plan_training
+    from zirelia_local.training.diffusers_plan import plan_training
 
     config = _config(trained[0], trained[1])
     plan = plan_training(config, 6)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from zirelia_local.doctor.checks import SD_SCRIPTS_COMMIT
+from zirelia_local.doctor.kohya import SD_SCRIPTS_COMMIT
 
 DOCKERFILE = REPO / "docker" / "Dockerfile"
 

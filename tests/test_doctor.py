@@ -17,8 +17,25 @@ import pytest
 
 from tests.conftest import REPO, write_config
 from zirelia_local.common.config import CurateConfig, GeneratorConfig, TrainConfig, load_config
-from zirelia_local.doctor import checks as doctor
-from zirelia_local.doctor.checks import GpuInfo
+from zirelia_local.doctor import STAGES, collect_checks
+from zirelia_local.doctor.check import fail
+from zirelia_local.doctor.environment import fitting_vram_preset, gpu_checks, vram_check
+from zirelia_local.doctor.kohya import (
+    kohya_model_file_checks,
+    sd_scripts_folder_check,
+    sd_scripts_python,
+    sd_scripts_python_check,
+)
+from zirelia_local.doctor.models import (
+    cached_pipeline_status,
+    device_check,
+    generator_model_check,
+    gpu_requirement,
+    hub_access,
+)
+from zirelia_local.doctor.resources import disk_check, embedder_check, estimate_run_bytes
+from zirelia_local.doctor.table import render_table
+from zirelia_local.training.presets import GpuInfo
 
 GIB = 1024**3
 
@@ -102,10 +119,40 @@ def test_doctor_demo_passes_on_a_cpu_machine(tmp_path: Path) -> None:
 
 
 def test_environment_only_checks_have_no_config_rows() -> None:
-    names = [check.name for check in doctor.collect_checks(None)]
+    names = [check.name for check in collect_checks(None)]
     assert names[:2] == ["python", "torch"]
     assert "cuda" in names and "vram preset" in names
     assert "generator model" not in names and "sd-scripts" not in names
+
+
+def test_checks_for_some_stages_keep_only_their_rows() -> None:
+    config = load_config(REPO / "configs" / "demo.toml")
+    whole = [check.name for check in collect_checks(config)]
+    assert whole == [check.name for check in collect_checks(config, stages=STAGES)]  # the default is every stage
+    environment = [check.name for check in collect_checks(None)]
+
+    report_only = [check.name for check in collect_checks(config, stages=["report"])]
+    assert report_only == environment  # the report loads no model and writes next to nothing
+
+    training = {check.name: check for check in collect_checks(config, stages=["train"])}
+    assert {"device", "training backend", "disk (run dir)"} <= set(training)
+    assert "embedder (dlib)" not in training and "generator model" in training  # the diffusers backend trains it
+    assert "LoRA epochs" in training["disk (run dir)"].detail
+    assert "dataset images" not in training["disk (run dir)"].detail
+
+    curation = [check.name for check in collect_checks(config, stages=["curate"])]
+    assert "embedder (dlib)" in curation and "generator model" in curation and "training backend" not in curation
+
+
+def test_unknown_stage_is_an_error() -> None:
+    with pytest.raises(ValueError, match="training"):
+        collect_checks(None, stages=["training"])
+
+
+def test_gpu_requirement_follows_the_stages() -> None:
+    config = load_config(REPO / "configs" / "sienna.toml")
+    assert gpu_requirement(config) is not None  # a FLUX-size model
+    assert gpu_requirement(config, ["report"]) is None
 
 
 def test_invalid_config_is_a_config_error(tmp_path: Path) -> None:
@@ -120,28 +167,28 @@ def test_invalid_config_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_sd_scripts_not_configured(monkeypatch: pytest.MonkeyPatch) -> None:
-    check = doctor.sd_scripts_folder_check(None)
+    check = sd_scripts_folder_check(None)
     assert check.status == "FAIL" and "ZIRELIA_SD_SCRIPTS" in check.detail
     assert "48d368fa" in check.fix and 'backend = "diffusers"' in check.fix
 
 
 def test_sd_scripts_folder_missing_or_without_the_train_script(tmp_path: Path) -> None:
-    missing = doctor.sd_scripts_folder_check(tmp_path / "nowhere")
+    missing = sd_scripts_folder_check(tmp_path / "nowhere")
     assert missing.status == "FAIL" and "does not exist" in missing.detail
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "train_network.py").write_text("")
-    no_flux = doctor.sd_scripts_folder_check(tmp_path / "other", "flux")
+    no_flux = sd_scripts_folder_check(tmp_path / "other", "flux")
     assert no_flux.status == "FAIL" and "flux_train_network.py" in no_flux.detail
-    assert doctor.sd_scripts_folder_check(tmp_path / "other", "sd15").status == "ok"
+    assert sd_scripts_folder_check(tmp_path / "other", "sd15").status == "ok"
 
 
 def test_sd_scripts_python_resolution(tmp_path: Path) -> None:
-    assert doctor.sd_scripts_python(tmp_path, None) == Path(sys.executable)
+    assert sd_scripts_python(tmp_path, None) == Path(sys.executable)
     interpreter = tmp_path / "venv" / "bin" / "python"
     interpreter.parent.mkdir(parents=True)
     interpreter.write_text("")
-    assert doctor.sd_scripts_python(tmp_path, None) == interpreter
-    assert doctor.sd_scripts_python(tmp_path, Path("/usr/bin/python3")) == Path("/usr/bin/python3")
+    assert sd_scripts_python(tmp_path, None) == interpreter
+    assert sd_scripts_python(tmp_path, Path("/usr/bin/python3")) == Path("/usr/bin/python3")
 
 
 def _library_stand_in(folder: Path) -> Path:
@@ -157,20 +204,20 @@ def test_sd_scripts_python_without_its_requirements_fails(tmp_path: Path) -> Non
     folder = _library_stand_in(tmp_path / "sd")
     bare = tmp_path / "bare-venv"
     venv.EnvBuilder(with_pip=False).create(bare)
-    check = doctor.sd_scripts_python_check(folder, bare / "bin" / "python", timeout=60)
+    check = sd_scripts_python_check(folder, bare / "bin" / "python", timeout=60)
     assert check.status == "FAIL"
     assert "No module named 'accelerate'" in check.detail
     assert "pip install -r requirements.txt" in check.fix
 
 
 def test_sd_scripts_python_that_does_not_exist_fails(tmp_path: Path) -> None:
-    check = doctor.sd_scripts_python_check(tmp_path, tmp_path / "venv" / "bin" / "python")
+    check = sd_scripts_python_check(tmp_path, tmp_path / "venv" / "bin" / "python")
     assert check.status == "FAIL" and "does not exist" in check.detail
 
 
 def test_sd_scripts_python_with_its_requirements_passes(tmp_path: Path) -> None:
     folder = _library_stand_in(tmp_path / "sd")
-    check = doctor.sd_scripts_python_check(folder, Path(sys.executable), timeout=120)
+    check = sd_scripts_python_check(folder, Path(sys.executable), timeout=120)
     assert check.status == "ok", check
     assert "transformers" in check.detail
 
@@ -188,8 +235,8 @@ def _real_sd_scripts() -> Path | None:
 def test_real_sd_scripts_checkout_passes() -> None:
     folder = _real_sd_scripts()
     assert folder is not None
-    assert doctor.sd_scripts_folder_check(folder).status == "ok"
-    check = doctor.sd_scripts_python_check(folder, doctor.sd_scripts_python(folder, None))
+    assert sd_scripts_folder_check(folder).status == "ok"
+    check = sd_scripts_python_check(folder, sd_scripts_python(folder, None))
     assert check.status == "ok", check
 
 
@@ -198,15 +245,15 @@ def test_kohya_model_files(tmp_path: Path) -> None:
     for key in ("pretrained_model", "clip_l", "t5xxl", "ae"):
         files[key] = tmp_path / f"{key}.safetensors"
         files[key].write_bytes(b"\0" * 1000)
-    present = doctor.kohya_model_file_checks(TrainConfig(**{key: str(path) for key, path in files.items()}))
+    present = kohya_model_file_checks(TrainConfig(**{key: str(path) for key, path in files.items()}))
     assert [check.status for check in present] == ["ok"] * 4
     files["t5xxl"].unlink()
-    partial = doctor.kohya_model_file_checks(TrainConfig(**{key: str(path) for key, path in files.items()}))
+    partial = kohya_model_file_checks(TrainConfig(**{key: str(path) for key, path in files.items()}))
     t5 = next(check for check in partial if check.name == "train.t5xxl")
     assert t5.status == "FAIL" and "t5xxl_fp16.safetensors" in t5.fix
-    unset = doctor.kohya_model_file_checks(TrainConfig())
+    unset = kohya_model_file_checks(TrainConfig())
     assert all(check.status == "FAIL" and "not set" in check.detail for check in unset)
-    assert len(doctor.kohya_model_file_checks(TrainConfig(model_type="sdxl"))) == 1
+    assert len(kohya_model_file_checks(TrainConfig(model_type="sdxl"))) == 1
 
 
 # --- GPU and VRAM (GPUs are stand-ins: none exists on the CPU machines this runs on) ------------------------
@@ -225,36 +272,34 @@ def test_kohya_model_files(tmp_path: Path) -> None:
     ],
 )
 def test_fitting_vram_preset(total_bytes: int, preset: str | None) -> None:
-    assert doctor.fitting_vram_preset(total_bytes) == preset
+    assert fitting_vram_preset(total_bytes) == preset
 
 
 def test_vram_check_uses_the_smallest_training_gpu_and_flags_a_preset_too_large() -> None:
     gpus = [GpuInfo(0, "big", 85_017_624_576, None), GpuInfo(1, "small", 25_386_352_640, None)]
-    assert "24gb fits gpu 1" in doctor.vram_check(gpus, TrainConfig(num_processes=2)).detail
-    assert "80gb fits gpu 0" in doctor.vram_check(gpus, TrainConfig(num_processes=1)).detail
-    too_large = doctor.vram_check(gpus[1:], TrainConfig(vram="40gb"))
+    assert "24gb fits gpu 1" in vram_check(gpus, TrainConfig(num_processes=2)).detail
+    assert "80gb fits gpu 0" in vram_check(gpus, TrainConfig(num_processes=1)).detail
+    too_large = vram_check(gpus[1:], TrainConfig(vram="40gb"))
     assert too_large.status == "warn" and "out-of-memory" in too_large.detail
-    assert doctor.vram_check([GpuInfo(0, "tiny", 6 * GIB, None)], None).status == "warn"
+    assert vram_check([GpuInfo(0, "tiny", 6 * GIB, None)], None).status == "warn"
 
 
 def test_gpu_rows() -> None:
-    assert doctor.gpu_checks([], "no CUDA GPU visible", gpu_required="FLUX needs one")[0].status == "FAIL"
-    assert doctor.gpu_checks([], "no CUDA GPU visible", gpu_required=None)[0].status == "warn"
-    rows = doctor.gpu_checks(
-        [GpuInfo(0, "NVIDIA H100", 80 * GIB, 79 * GIB)], "CUDA 13.0 build, 1 GPU(s)", gpu_required="x"
-    )
+    assert gpu_checks([], "no CUDA GPU visible", gpu_required="FLUX needs one")[0].status == "FAIL"
+    assert gpu_checks([], "no CUDA GPU visible", gpu_required=None)[0].status == "warn"
+    rows = gpu_checks([GpuInfo(0, "NVIDIA H100", 80 * GIB, 79 * GIB)], "CUDA 13.0 build, 1 GPU(s)", gpu_required="x")
     assert [row.status for row in rows] == ["ok", "ok"] and "79.0 GiB free" in rows[1].detail
 
 
 def test_device_rows(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path, extra="[train]\nnum_processes = 2\n"))
-    assert doctor.device_check(config, []).status == "FAIL"
+    assert device_check(config, []).status == "FAIL"
     config.train.num_processes = 1
-    assert doctor.device_check(config, []).detail == "cpu"
+    assert device_check(config, []).detail == "cpu"
     config.generator.model = "black-forest-labs/FLUX.1-dev"
-    assert doctor.device_check(config, []) is None  # the cuda row carries the failure
+    assert device_check(config, []) is None  # the cuda row carries the failure
     config.generator.device = "cpu"
-    on_cpu = doctor.device_check(config, [GpuInfo(0, "gpu", 24 * GIB, None)])
+    on_cpu = device_check(config, [GpuInfo(0, "gpu", 24 * GIB, None)])
     assert on_cpu.status == "FAIL" and 'device = "auto"' in on_cpu.fix
 
 
@@ -266,10 +311,10 @@ def _no_network(repo: str, token: str | None) -> tuple[bool | None, str]:
 
 
 def test_generator_model_builtin_and_local_folders(tmp_path: Path, tiny_flux_dir: Path) -> None:
-    assert doctor.generator_model_check(GeneratorConfig(model="builtin:tiny-flux"), _no_network).status == "ok"
-    assert doctor.generator_model_check(GeneratorConfig(model=str(tiny_flux_dir)), _no_network).status == "ok"
+    assert generator_model_check(GeneratorConfig(model="builtin:tiny-flux"), _no_network).status == "ok"
+    assert generator_model_check(GeneratorConfig(model=str(tiny_flux_dir)), _no_network).status == "ok"
     (tmp_path / "empty").mkdir()
-    check = doctor.generator_model_check(GeneratorConfig(model=str(tmp_path / "empty")), _no_network)
+    check = generator_model_check(GeneratorConfig(model=str(tmp_path / "empty")), _no_network)
     assert check.status == "FAIL" and "model_index.json" in check.detail
 
 
@@ -291,11 +336,11 @@ def test_generator_model_from_the_hub_cache(
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     snapshot = _hub_cache_with(tmp_path, "someone/tiny-flux", tiny_flux_dir)
-    cached = doctor.generator_model_check(GeneratorConfig(model="someone/tiny-flux"), _no_network)
+    cached = generator_model_check(GeneratorConfig(model="someone/tiny-flux"), _no_network)
     assert cached.status == "ok" and "cached" in cached.detail
     for weights in (snapshot / "transformer").glob("*.safetensors"):
         weights.unlink()
-    complete, detail = doctor.cached_pipeline_status("someone/tiny-flux", cache_dir=tmp_path / "hub")
+    complete, detail = cached_pipeline_status("someone/tiny-flux", cache_dir=tmp_path / "hub")
     assert not complete and "transformer" in detail
 
 
@@ -307,17 +352,17 @@ def test_generator_model_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     for variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
-    gated = doctor.generator_model_check(GeneratorConfig(), _no_network)
+    gated = generator_model_check(GeneratorConfig(), _no_network)
     assert gated.status == "FAIL" and "no Hugging Face token" in gated.detail and "HF_TOKEN" in gated.fix
 
     # The hub cannot be reached from here: its answers are stood in for by `access`.
     monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 30)
-    granted = doctor.generator_model_check(GeneratorConfig(), lambda repo, token: (True, "access granted"))
+    granted = generator_model_check(GeneratorConfig(), lambda repo, token: (True, "access granted"))
     assert granted.status == "warn" and "downloads it" in granted.detail
     assert "hf_xxx" not in granted.detail + granted.fix  # the token itself is never shown
-    refused = doctor.generator_model_check(GeneratorConfig(), lambda repo, token: (False, "gated"))
+    refused = generator_model_check(GeneratorConfig(), lambda repo, token: (False, "gated"))
     assert refused.status == "FAIL" and "accept the licence" in refused.fix
-    offline = doctor.generator_model_check(GeneratorConfig(), lambda repo, token: (None, "hub unreachable"))
+    offline = generator_model_check(GeneratorConfig(), lambda repo, token: (None, "hub unreachable"))
     assert offline.status == "FAIL" and "hf download" in offline.fix
 
 
@@ -325,43 +370,43 @@ def test_hub_access_offline_answers_at_once(monkeypatch: pytest.MonkeyPatch) -> 
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    assert doctor.hub_access("black-forest-labs/FLUX.1-dev", None) == (None, "HF_HUB_OFFLINE is set")
+    assert hub_access("black-forest-labs/FLUX.1-dev", None) == (None, "HF_HUB_OFFLINE is set")
 
 
 # --- embedder, disk ------------------------------------------------------------------------------------------
 
 
 def test_embedder_rows(tmp_path: Path) -> None:
-    assert doctor.embedder_check(CurateConfig(), []).status == "ok"  # dlib's .dat files ship with the package
+    assert embedder_check(CurateConfig(), []).status == "ok"  # dlib's .dat files ship with the package
     root = tmp_path / "insightface"
-    absent = doctor.embedder_check(CurateConfig(embedder="insightface", insightface_root=root), [])
+    absent = embedder_check(CurateConfig(embedder="insightface", insightface_root=root), [])
     assert absent.status == "warn" and "download" in absent.detail
     (root / "models" / "buffalo_l").mkdir(parents=True)
-    empty = doctor.embedder_check(CurateConfig(embedder="insightface", insightface_root=root), [])
+    empty = embedder_check(CurateConfig(embedder="insightface", insightface_root=root), [])
     assert empty.status == "FAIL" and "no .onnx" in empty.detail
     (root / "models" / "buffalo_l" / "det_10g.onnx").write_bytes(b"onnx")
-    present = doctor.embedder_check(CurateConfig(embedder="insightface", insightface_root=root, device="cpu"), [])
+    present = embedder_check(CurateConfig(embedder="insightface", insightface_root=root, device="cpu"), [])
     assert present.status == "ok" and "det_10g.onnx" in present.detail
 
 
 def test_run_size_estimate_follows_the_config() -> None:
     config = load_config(REPO / "configs" / "sienna.toml")
-    parts = doctor.estimate_run_bytes(config)
+    parts = estimate_run_bytes(config)
     assert parts["dataset images"] == 40 * 2 * int(1024**2 * 1.5)
     assert parts["LoRA epochs"] == 20 * int(32 * 5.4e6)
     assert "kohya caches" in parts
     config.dataset.count = 400
-    assert doctor.estimate_run_bytes(config)["dataset images"] == 10 * parts["dataset images"]
+    assert estimate_run_bytes(config)["dataset images"] == 10 * parts["dataset images"]
 
 
 def test_disk_check(tmp_path: Path) -> None:
     free = shutil.disk_usage(tmp_path).free
-    assert doctor.disk_check("disk", tmp_path / "not" / "yet", 1, "the run").status == "ok"
-    short = doctor.disk_check("disk", tmp_path, free * 10, "the run")
+    assert disk_check("disk", tmp_path / "not" / "yet", 1, "the run").status == "ok"
+    short = disk_check("disk", tmp_path, free * 10, "the run")
     assert short.status == "FAIL" and "free" in short.fix
 
 
 def test_doctor_table_escapes_brackets(capsys: pytest.CaptureFixture[str]) -> None:
-    doctor.render_table([doctor.fail("x", "[train] sd_scripts", "set [train] python")], "t")
+    render_table([fail("x", "[train] sd_scripts", "set [train] python")], "t")
     out = capsys.readouterr().out
     assert "[train] sd_scripts" in out and "set [train] python" in out

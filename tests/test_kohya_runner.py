@@ -21,14 +21,8 @@ import pytest
 
 from tests.conftest import DATA, REPO
 from zirelia_local.common.files import read_jsonl
-from zirelia_local.training.runner import (
-    OutputTracker,
-    parse_epoch,
-    parse_progress,
-    parse_saved,
-    run_streaming,
-    split_segments,
-)
+from zirelia_local.training.kohya_log import parse_epoch, parse_progress, parse_saved, split_segments
+from zirelia_local.training.runner import OutputTracker, run_streaming
 
 FRESH = DATA / "kohya" / "flux_cpu_two_epochs.out"  # 2 images, batch 1, 2 epochs: 4 steps
 RESUMED = DATA / "kohya" / "flux_cpu_resumed.out"  # --resume from the epoch-1 state, to epoch 2 of 2

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from tests.conftest import REPO, run_cli
-
-STAGES_PRESENT = all(
-    importlib.util.find_spec(name) is not None
-    for name in ("zirelia_local.curate.stage", "zirelia_local.training.diffusers_backend")
-)
+from tests.conftest import REPO, assert_no_temp_files, run_cli
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not STAGES_PRESENT, reason="the curation and diffusers training stages are not in this checkout")
 def test_demo_runs_every_stage_and_the_report_says_the_critic_rejected_the_images(tmp_path):
     run_dir = tmp_path / "demo"
     result = run_cli(
@@ -33,3 +26,12 @@ def test_demo_runs_every_stage_and_the_report_says_the_critic_rejected_the_image
     assert selection["basis"] == "default_last" and selection["epoch"] == 2
     assert all(row["accepted"] == 0 for row in selection["table"])
     assert (run_dir / "best.safetensors").is_file()
+    assert_no_temp_files(run_dir)
+
+    # A rerun on the finished run directory redoes nothing and still leaves no temp file (hard links that
+    # already point at the right file once left `.best.safetensors.link.tmp` behind).
+    again = run_cli(
+        ["-m", "zirelia_local.train", str(REPO / "configs" / "demo.toml"), "--run-dir", str(run_dir)], timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert_no_temp_files(run_dir)

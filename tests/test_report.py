@@ -1,4 +1,5 @@
-"""The HTML report: sections, embedded images, honesty about stages that did not run, and that it renders."""
+"""The HTML report: sections, embedded images, honesty about stages that did not run, escaping of user text,
+the Jinja2 templates it is rendered from, and that it renders."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import io
 import json
 import re
 import sys
+from datetime import UTC, datetime
+from importlib import resources
 
+import jinja2
 import numpy as np
 import pytest
 from PIL import Image
@@ -19,7 +23,8 @@ from zirelia_local.common.config import load_config
 from zirelia_local.common.files import write_jsonl
 from zirelia_local.common.rundir import prepare_run_dir
 from zirelia_local.critic import run_critic
-from zirelia_local.report.stage import write_report
+from zirelia_local.report.render import environment, render_page
+from zirelia_local.report.stage import build_report_html, write_report
 
 CRITIC = """
 [critic]
@@ -85,7 +90,7 @@ def test_report_of_a_finished_run_has_every_section(finished_run):
     page = path.read_text()
     assert_self_contained(page)
     for anchor in ("dataset", "training", "scores", "grids", "commands"):
-        assert f"id='{anchor}'" in page
+        assert f'id="{anchor}"' in page and f'href="#{anchor}"' in page
     # Dataset: the contact sheet and the curation decisions.
     contact = base64.b64encode((config.run_dir / "contact_sheet.png").read_bytes()).decode()
     assert contact in page
@@ -123,6 +128,100 @@ def test_report_before_the_later_stages_says_what_has_not_run(tmp_path):
     assert "No train/metrics.jsonl" in page
     assert "critic/scores.jsonl: the critic has not run" in page
     assert len(embedded_images(page)) == 1  # the (empty) curves figure
+
+
+HOSTILE = "<script>alert('x')</script>"
+
+
+def hostile_run(tmp_path):
+    """A run whose every user-written text holds markup: the persona, the curation log, a critic attempt (its
+    prompt, scene, reasons, adjustments) and the selection. Written by hand, so no model has to run."""
+    config = load_config(write_config(tmp_path))
+    persona = config.persona.model_copy(
+        update={"name": f"Eve {HOSTILE}", "description": 'likes <b>bold</b> & "quotes"'}
+    )
+    config = config.model_copy(update={"persona": persona})
+    run_dir = prepare_run_dir(config)
+    write_jsonl(run_dir / "curation.jsonl", [{"file": f"images/{HOSTILE}.png", "kept": False, "reason": HOSTILE}])
+    (run_dir / "images").mkdir(exist_ok=True)
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(run_dir / "images" / "eval.png")
+    attempt = {
+        "epoch": 1,
+        "item": "0",
+        "attempt": 1,
+        "image": "images/eval.png",
+        "scene": f"scene {HOSTILE}",
+        "seed": 7,
+        "prompt": f"prompt {HOSTILE}",
+        "adjusted_prompt": f"adjusted {HOSTILE}",
+        "attempt_seed": 8,
+        "lora_scale": 1.0,
+        "lora": f"lora {HOSTILE}",
+        "accepted": False,
+        "verdict": "rejected",
+        "reasons": [f"reason {HOSTILE}"],
+        "adjustments": [f"change {HOSTILE}"],
+        "outcome": f"outcome {HOSTILE}",
+        "scores": {"faces": 0},
+    }
+    write_jsonl(run_dir / "critic" / "scores.jsonl", [attempt])
+    row = {"epoch": 1, "faces": 0, "images": 1, "identity": None, "identity_with_face": None, "clip": None}
+    selection = {
+        "epoch": 1,
+        "lora": f"lora {HOSTILE}",
+        "basis": "fallback",
+        "reason": f"why {HOSTILE}",
+        "command": f"zirelia critic {HOSTILE}",
+        "table": [{**row, "accepted_first_try": 0, "accepted": 0, "attempts": 2}],
+        "identity": {"embedder": "dlib", "missing": HOSTILE},
+        "clip": {"unavailable_reason": HOSTILE},
+    }
+    (run_dir / "critic" / "selection.json").write_text(json.dumps(selection))
+    return config
+
+
+def test_user_text_is_escaped_everywhere(tmp_path):
+    config = hostile_run(tmp_path)
+    page = write_report(config).read_text()
+    assert_self_contained(page)  # among others: no "<script" anywhere, so every copy of HOSTILE was escaped
+    escaped = "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"
+    for text in ("Eve", "scene", "prompt", "reason", "change", "outcome", "why", "lora", "zirelia critic"):
+        assert f"{text} {escaped}" in page, text
+    assert f"<title>Eve {escaped}: zirelia-local report</title>" in page
+    assert f'title="adjusted {escaped}"' in page  # in an attribute too: quotes cannot end it
+    assert "likes &lt;b&gt;bold&lt;/b&gt; &amp; &#34;quotes&#34;" in page
+    # The template's own markup is not escaped: the page is HTML, not text.
+    assert "<b>Chosen epoch: 1</b>" in page
+    assert "The critic could not confirm the persona in any image" in page
+
+
+def test_the_page_is_deterministic(finished_run):
+    config = finished_run
+    now = datetime(2025, 1, 2, 3, 4, tzinfo=UTC)
+    first, curves = build_report_html(config, config.run_dir / "report", now=now)
+    second, again = build_report_html(config, config.run_dir / "report", now=now)
+    assert first == second and curves == again
+    assert "written 2025-01-02 03:04 UTC" in first
+
+
+def test_the_templates_ship_with_the_package_and_are_one_file():
+    folder = resources.files("zirelia_local.report") / "templates"
+    names = {entry.name for entry in folder.iterdir()}
+    assert {"base.html.j2", "report.html.j2", "style.css"} <= names
+    assert {"base.html.j2", "report.html.j2", "style.css"} <= set(environment().list_templates())
+    # A later page (the `zirelia generate` gallery) extends the same base: one stylesheet, inlined verbatim
+    # (so no Jinja syntax in the CSS was taken as a tag), and the same escaping.
+    gallery = environment().from_string(
+        '{% extends "base.html.j2" %}{% block title %}{{ name }}{% endblock %}'
+        "{% block content %}<p>{{ name }}</p>{% endblock %}"
+    )
+    page = gallery.render(name=HOSTILE)
+    assert (folder / "style.css").read_text(encoding="utf-8") in page
+    assert "<script" not in page and "&lt;script&gt;" in page
+    assert_self_contained(page)
+    # A value the template needs and the context lacks is an error, not a silently empty section.
+    with pytest.raises(jinja2.UndefinedError):
+        render_page("report.html.j2", persona={"name": "x"})
 
 
 def test_cli_report_prints_where_the_report_is(finished_run):

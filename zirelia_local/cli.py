@@ -107,9 +107,9 @@ def _cmd_dataset(config, args) -> int:
 
 def _cmd_caption(config, args) -> int:
     from zirelia_local.common.console import info
-    from zirelia_local.dataset.captions import write_training_set
+    from zirelia_local.dataset import run_caption
 
-    training_set = write_training_set(config, config.run_dir)
+    training_set = run_caption(config)
     info(f"{len(training_set.image_ids)} captioned image(s) in {training_set.folder}; {training_set.dataset_toml}")
     return 0
 

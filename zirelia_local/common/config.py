@@ -4,6 +4,11 @@ Every stage reads the same `ZireliaConfig`. Unknown keys, wrong types and out-of
 rejected with a `ConfigError` that names the file and the dotted key, so a typo never silently falls
 back to a default. Relative paths in the file are resolved against the current working directory,
 as sd-scripts and most command-line tools do.
+
+This module is longer than the house's ~400 lines on purpose: the sections are one schema, read side by
+side (defaults, limits and the cross-section checks of `ZireliaConfig` refer to each other), and
+`docs/config.md` is generated from them in this order. Splitting them across files would scatter that one
+picture; the loading code at the end is the only other part, and it is short.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -77,14 +78,19 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def remove_stale_temp_files(folder: str | os.PathLike[str]) -> int:
-    """Delete temp files that a killed writer left behind (`.<name>.<random>.tmp`); returns how many."""
+def remove_stale_temp_files(folder: str | os.PathLike[str], *, recursive: bool = False) -> int:
+    """Delete what killed writers left behind: temp files `.<name>.<random>.tmp` and staging folders
+    `.<name>.tmp`, in `folder` (and below it when `recursive`). Only safe while no writer runs there, e.g.
+    under the run lock. Returns how many were removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     removed = 0
-    for path in folder.glob(".*.tmp"):
-        path.unlink(missing_ok=True)
+    for path in sorted(folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
         removed += 1
     return removed
 
@@ -164,14 +170,29 @@ def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
 
 
 def link_or_copy(source: Path, target: Path) -> None:
-    """Place `source` at `target` as a hard link (no extra disk), or an atomic copy across filesystems."""
+    """Place `source` at `target` as a hard link (no extra disk), or an atomic copy across filesystems.
+
+    Nothing is done when `target` already is `source` (the same inode): POSIX `rename` of one hard link
+    over another of the same file succeeds without doing anything, which would leave the temp link behind.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
+    if _same_file(source, target):
+        return
     tmp = target.with_name(f".{target.name}.link.tmp")
-    if tmp.exists():
-        tmp.unlink()
+    tmp.unlink(missing_ok=True)
     try:
         os.link(source, tmp)
     except OSError:
         atomic_write_bytes(target, source.read_bytes())
         return
-    os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)  # still there when the rename was a no-op (a link raced in) or failed
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False

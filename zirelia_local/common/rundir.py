@@ -10,7 +10,7 @@ from pathlib import Path
 
 from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.errors import ZireliaError
-from zirelia_local.common.files import atomic_write_bytes
+from zirelia_local.common.files import atomic_write_bytes, remove_stale_temp_files
 
 LOCK_NAME = ".lock"
 CONFIG_SNAPSHOT = "config.toml"
@@ -45,6 +45,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
+        # No other writer can be at work now: whatever a killed run left half-written goes.
+        remove_stale_temp_files(run_dir, recursive=True)
         yield
     finally:
         os.close(fd)

@@ -20,15 +20,14 @@ import json
 import os
 import shutil
 import sys
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.markup import escape
 
 from zirelia_local.common.config import ZireliaConfig
-from zirelia_local.common.console import console, info, progress_bar, warn
+from zirelia_local.common.console import console, info, warn
 from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import (
     atomic_write_bytes,
@@ -40,6 +39,7 @@ from zirelia_local.common.files import (
     write_jsonl,
 )
 from zirelia_local.common.security import redact
+from zirelia_local.critic.attempts import EvaluationItem, draw_and_judge
 from zirelia_local.critic.judge import Critic
 from zirelia_local.critic.renderers import (
     EvaluationRenderer,
@@ -48,12 +48,8 @@ from zirelia_local.critic.renderers import (
     evaluation_size,
     renderer_for,
 )
-from zirelia_local.critic.retry import Attempt, first_attempt, next_attempt
+from zirelia_local.critic.retry import Attempt
 from zirelia_local.critic.selection import EpochScore, Selection, select_epoch, summarize_epoch
-from zirelia_local.critic.verdict import FAILURE_LABELS
-
-if TYPE_CHECKING:
-    pass
 
 CRITIC_DIR = "critic"
 SCORES_NAME = "scores.jsonl"
@@ -71,19 +67,6 @@ class CriticResult:
     selection_file: Path
 
 
-@dataclass(frozen=True)
-class EvaluationItem:
-    """One evaluation image: a scene and a seed, the same for every epoch."""
-
-    prompt_index: int
-    scene: str
-    seed: int
-
-    @property
-    def key(self) -> str:
-        return f"p{self.prompt_index:02d}_s{self.seed}"
-
-
 def epoch_dir(run_dir: Path, epoch: int) -> Path:
     return Path(run_dir) / CRITIC_DIR / f"epoch_{epoch:06d}"
 
@@ -94,11 +77,6 @@ def evaluation_items(config: ZireliaConfig) -> list[EvaluationItem]:
         for index, scene in enumerate(config.critic.prompts)
         for seed in config.critic.seeds
     ]
-
-
-def clip_text(config: ZireliaConfig, scene: str) -> str:
-    """What CLIP compares the image with: the class phrase and the scene (a trigger word means nothing to CLIP)."""
-    return f"a photo of {config.persona.caption_phrase}, {scene}"
 
 
 def epochs_to_score(files: dict[int, Path], wanted: str | list[int]) -> dict[int, Path]:
@@ -193,124 +171,22 @@ def evaluate_epoch(
     if folder.exists():
         shutil.rmtree(folder)  # stale attempts of an older LoRA or other settings
     folder.mkdir(parents=True)
-    batch_size = config.generator.batch_size
     lora_name = os.path.relpath(lora, run_dir)
-    records: list[dict[str, Any]] = []
-    pending: list[tuple[EvaluationItem, Attempt]] = [
-        (item, first_attempt(item.scene, item.seed, config.critic)) for item in items
-    ]
+
+    def save(item: EvaluationItem, attempt: Attempt, prompt: str, image: Any, scale: float) -> str:
+        relative = f"{CRITIC_DIR}/{folder.name}/{item.key}_a{attempt.number}.png"
+        metadata = {"prompt": prompt, "seed": str(attempt.seed), "lora": lora_name, "scale": f"{scale:g}"}
+        atomic_write_bytes(run_dir / relative, png_bytes(image, metadata))
+        return relative
+
     renderer.load_lora(lora, epoch)
     try:
-        with progress_bar(f"critic epoch {epoch}", total=len(items), unit="img") as advance:
-            while pending:
-                retries: list[tuple[EvaluationItem, Attempt]] = []
-                # Attempts that share a LoRA scale are drawn together, in batches of generator.batch_size.
-                by_scale: dict[float, list[tuple[EvaluationItem, Attempt]]] = defaultdict(list)
-                for item, attempt in pending:
-                    by_scale[attempt.lora_scale].append((item, attempt))
-                for scale, group in by_scale.items():
-                    for offset in range(0, len(group), batch_size):
-                        batch = group[offset : offset + batch_size]
-                        prompts = [attempt.prompt(config) for _, attempt in batch]
-                        images = renderer.render(prompts, [attempt.seed for _, attempt in batch], scale)
-                        verdicts = critic.judge_batch(images, [clip_text(config, item.scene) for item, _ in batch])
-                        for (item, attempt), prompt, image, verdict in zip(
-                            batch, prompts, images, verdicts, strict=True
-                        ):
-                            retry = next_attempt(attempt, verdict, config.critic, item.seed)
-                            relative = f"{CRITIC_DIR}/{folder.name}/{item.key}_a{attempt.number}.png"
-                            metadata = {"prompt": prompt, "seed": str(attempt.seed), "lora": lora_name}
-                            atomic_write_bytes(run_dir / relative, png_bytes(image, metadata | {"scale": f"{scale:g}"}))
-                            records.append(
-                                _attempt_record(
-                                    config, epoch, lora_name, item, attempt, prompt, relative, verdict, retry
-                                )
-                            )
-                            if retry is not None:
-                                retries.append((item, retry))
-                            if attempt.number == 0:
-                                advance(1, status=verdict.summary[:40])
-                _log_round(epoch, pending, records, retries, config.critic.max_retries)
-                pending = retries
+        fields = {"epoch": epoch, "lora": lora_name}
+        return draw_and_judge(
+            renderer, critic, config, items, save, label=f"critic epoch {epoch}", record_fields=fields
+        )
     finally:
         renderer.unload_lora()
-    return records
-
-
-def _attempt_record(
-    config: ZireliaConfig,
-    epoch: int,
-    lora_name: str,
-    item: EvaluationItem,
-    attempt: Attempt,
-    prompt: str,
-    image: str,
-    verdict: Any,
-    retry: Attempt | None,
-) -> dict[str, Any]:
-    verdict_record = verdict.to_record()
-    if verdict.accepted:
-        outcome = "accepted"
-    elif retry is not None:
-        outcome = f"retry {retry.number} of {config.critic.max_retries}"
-    elif attempt.number >= config.critic.max_retries:
-        outcome = f"rejected after {attempt.number} retries" if attempt.number else "rejected (no retries allowed)"
-    else:
-        outcome = "rejected: no retry can help (" + ", ".join(verdict.failures) + ")"
-    return {
-        "epoch": epoch,
-        "lora": lora_name,
-        "item": item.key,
-        "prompt_index": item.prompt_index,
-        "scene": item.scene,
-        "prompt": _plain_prompt(config, item.scene),
-        "seed": item.seed,
-        "attempt": attempt.number,
-        "attempt_seed": attempt.seed,
-        "adjusted_prompt": prompt,
-        "lora_scale": attempt.lora_scale,
-        "adjustments": list(attempt.adjustments),
-        "clip_text": clip_text(config, item.scene),
-        "image": image,
-        "accepted": verdict_record["accepted"],
-        "verdict": verdict_record["summary"],
-        "failures": verdict_record["failures"],
-        "reasons": verdict_record["reasons"],
-        "scores": verdict_record["scores"],
-        "checks": verdict_record["checks"],
-        "outcome": outcome,
-    }
-
-
-def _plain_prompt(config: ZireliaConfig, scene: str) -> str:
-    from zirelia_local.dataset.captions import evaluation_prompt
-
-    return evaluation_prompt(config, scene)
-
-
-def _log_round(
-    epoch: int,
-    pending: list[tuple[EvaluationItem, Attempt]],
-    records: list[dict[str, Any]],
-    retries: list[tuple[EvaluationItem, Attempt]],
-    max_retries: int,
-) -> None:
-    number = pending[0][1].number if pending else 0
-    judged = records[-len(pending) :] if pending else []
-    rejected = [record for record in judged if not record["accepted"]]
-    label = "first attempts" if number == 0 else f"retry {number}/{max_retries}"
-    if not rejected:
-        info(f"epoch {epoch}, {label}: all {len(judged)} accepted")
-        return
-    counts: dict[str, int] = defaultdict(int)
-    for record in rejected:
-        for kind in record["failures"]:
-            counts[FAILURE_LABELS.get(kind, kind)] += 1
-    why = ", ".join(f"{label} x{count}" for label, count in counts.items())
-    then = f"; retrying {len(retries)} with adjusted prompts" if retries else ""
-    info(f"epoch {epoch}, {label}: {len(rejected)} of {len(judged)} rejected ({escape(why)}){then}")
-    for item, attempt in retries:
-        info(f"  [dim]{item.key} -> retry {attempt.number}: {escape('; '.join(attempt.adjustments))}[/dim]")
 
 
 def run_critic(config: ZireliaConfig, *, renderer: EvaluationRenderer | None = None) -> CriticResult:

@@ -4,7 +4,7 @@ Later stages use only the names below (curation's top-ups draw with `generate_im
 generator with `load_generator_pipeline` and builds prompts with `evaluation_prompt`).
 """
 
-from zirelia_local.dataset.captions import evaluation_prompt, selected_records, write_training_set
+from zirelia_local.dataset.captions import evaluation_prompt, run_caption, selected_records, write_training_set
 from zirelia_local.dataset.flux import load_generator_pipeline, release_pipeline_memory
 from zirelia_local.dataset.generation import GenerationResult, generate_images, render_batch
 from zirelia_local.dataset.plan import PLAN_NAME, PlannedImage, plan_images
@@ -21,6 +21,7 @@ __all__ = [
     "plan_images",
     "release_pipeline_memory",
     "render_batch",
+    "run_caption",
     "run_dataset",
     "selected_records",
     "write_training_set",

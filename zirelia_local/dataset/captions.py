@@ -18,8 +18,9 @@ from typing import Any
 import tomli_w
 
 from zirelia_local.common.config import ZireliaConfig
+from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import atomic_write_text, link_or_copy
-from zirelia_local.common.manifest import Manifest
+from zirelia_local.common.manifest import MANIFEST_NAME, Manifest
 
 TRAIN_DATA_DIR = "train_data"
 DATASET_TOML = "dataset.toml"
@@ -114,6 +115,22 @@ def evaluation_prompt(config: ZireliaConfig, scene: str) -> str:
     return f"{config.persona.trigger_word}, a photo of {config.persona.caption_phrase}, {scene}"
 
 
+def run_caption(config: ZireliaConfig) -> TrainingSet:
+    """`zirelia caption`: rebuild the training set's captions and sd-scripts files from the manifest.
+
+    A run directory with no generated image is an error, not an empty training set: the user ran the
+    stages out of order.
+    """
+    run_dir = config.run_dir
+    if not Manifest(run_dir).generated():
+        raise ZireliaError(
+            f"nothing to caption in {run_dir}: it holds no generated image ({MANIFEST_NAME} is missing or empty)",
+            hint="run `zirelia dataset CONFIG` first to make the dataset (or `zirelia curate CONFIG --images DIR` "
+            "to bring in your own photos)",
+        )
+    return write_training_set(config, run_dir)
+
+
 def write_training_set(
     config: ZireliaConfig, run_dir: Path, *, batch_size: int | None = None, resolution: int | None = None
 ) -> TrainingSet:
@@ -133,8 +150,7 @@ def write_training_set(
     for record in records:
         source = run_dir / record["file"]
         target = folder / source.name
-        if not target.exists() or target.stat().st_ino != source.stat().st_ino:
-            link_or_copy(source, target)
+        link_or_copy(source, target)  # does nothing when the link is already in place
         caption_path = folder / f"{record['id']}{CAPTION_EXTENSION}"
         text = caption_text(record) + "\n"
         if not caption_path.exists() or caption_path.read_text(encoding="utf-8") != text:

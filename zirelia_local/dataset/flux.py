@@ -144,7 +144,12 @@ def resolve_model_source(model: str) -> str:
     return model
 
 
-def _hub_token() -> str | None:
+def hub_token() -> str | None:
+    """The Hugging Face token to send: $HF_TOKEN, $HUGGING_FACE_HUB_TOKEN, else the one `hf auth login` stored.
+
+    None when there is none (public and cached models need none); a broken hub install counts as none too,
+    since a missing token only matters for gated downloads, which `explain_load_failure` then explains.
+    """
     token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     if token:
         return token
@@ -156,7 +161,12 @@ def _hub_token() -> str | None:
         return None
 
 
-def _explain_load_failure(model: str, error: BaseException) -> ZireliaError:
+def explain_load_failure(model: str, error: BaseException) -> ZireliaError:
+    """The user-facing error for a failed hub load of `model`: gated (no or refused token), wrong revision,
+    no such repository, or not cached while offline, read from `error` and its causes.
+
+    Every stage that loads FLUX weights from the hub raises this, so the hints stay the same everywhere.
+    """
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     chain: list[BaseException] = []
@@ -166,7 +176,7 @@ def _explain_load_failure(model: str, error: BaseException) -> ZireliaError:
         current = current.__cause__ or current.__context__
     text = " ".join(str(item) for item in chain)
     if any(isinstance(item, GatedRepoError) for item in chain) or " 401" in text or " 403" in text:
-        has_token = _hub_token() is not None
+        has_token = hub_token() is not None
         return ZireliaError(
             f"{model} is a gated repository and the hub refused access"
             + (" with the token found" if has_token else " (no token found)"),
@@ -223,7 +233,7 @@ def load_flux_pipeline(
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": None if allow_pickle else True}
     if not Path(source).exists():
         kwargs["revision"] = gen.revision
-        kwargs["token"] = _hub_token()
+        kwargs["token"] = hub_token()
     if plan.quantization.startswith("bnb_"):
         from diffusers.quantizers import PipelineQuantizationConfig
 
@@ -251,7 +261,7 @@ def load_flux_pipeline(
                     "`allow_pickle = true` under [run] if you trust its source",
                 ) from error
             raise ZireliaError(f"could not load the pipeline from {source}: {error}") from error
-        raise _explain_load_failure(source, error) from error
+        raise explain_load_failure(source, error) from error
 
     if plan.quantization == "fp8_storage":
         # Weights stored in fp8 (half of bf16), upcast layer by layer for compute.

@@ -16,14 +16,16 @@ What one run does, in order:
 A rerun resumes from the newest state; with more `epochs` in the config it trains on from there.
 Everything random (shuffling, noise, timesteps) is drawn from generators seeded by (seed, epoch), so a run
 stopped and resumed at an epoch boundary gives the same weights as one that never stopped.
+
+This module holds the loop; `diffusers_plan` resolves the settings and holds the flow-matching formulas,
+`diffusers_data` reads and encodes the training set, `diffusers_save` writes the LoRA files.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,345 +33,40 @@ from typing import TYPE_CHECKING, Any
 from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.console import info, progress_bar, warn
 from zirelia_local.common.errors import ZireliaError
-from zirelia_local.common.files import append_jsonl, atomic_write_bytes, read_jsonl, sha256_file, write_jsonl
+from zirelia_local.common.files import append_jsonl, read_jsonl, write_jsonl
+from zirelia_local.training.diffusers_data import batch_tensors, load_component, load_encoder, read_examples
+from zirelia_local.training.diffusers_plan import (
+    MAX_GRAD_NORM,
+    DiffusersTrainPlan,
+    describe_plan,
+    flow_matching_loss,
+    plan_training,
+    sample_sigmas,
+    selected_count,
+)
+from zirelia_local.training.diffusers_save import (
+    check_fingerprint,
+    clear_old_outputs,
+    keep_last_epoch_file,
+    lora_path,
+    save_lora,
+    state_fingerprint,
+    training_result,
+)
 from zirelia_local.training.flux_cache import CACHE_DIR, Example, FluxEncoder, encode_with_cache
-from zirelia_local.training.outputs import epoch_lora_files, train_dir
+from zirelia_local.training.outputs import train_dir
 from zirelia_local.training.stage import TrainingResult
 
 if TYPE_CHECKING:
     import torch
 
+    from zirelia_local.training.train_state import TrainState
+
 METRICS_FILE = "metrics.jsonl"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-MAX_GRAD_NORM = 1.0  # sd-scripts' default --max_grad_norm
-SIGMOID_SCALE = 1.0  # sd-scripts' default --sigmoid_scale
-NUM_TRAIN_TIMESTEPS = 1000
-OPTIMIZERS = ("AdamW", "AdamW8bit", "Adafactor")
-
-
-@dataclass(frozen=True)
-class DiffusersTrainPlan:
-    """Everything a run will do, resolved from the config (printed by --dry-run)."""
-
-    model: str
-    model_source: str
-    model_id: str
-    device: str
-    mixed_precision: str
-    weight_dtype: str
-    images: int
-    num_repeats: int
-    batch_size: int
-    resolution: int
-    epochs: int
-    steps_per_epoch: int
-    total_steps: int
-    network_dim: int
-    network_alpha: float
-    learning_rate: float
-    optimizer: str
-    timestep_sampling: str
-    discrete_flow_shift: float
-    model_prediction_type: str
-    guidance_scale: float
-    gradient_checkpointing: bool
-    cache_latents: bool
-    cache_text_encoder_outputs: bool
-    max_sequence_length: int
-    fp8_base: bool
-    gpu_memory_gib: float | None
-
-
-# --------------------------------------------------------------------------------------------- planning
-
-
-def _optimizer_name(value: str | None) -> str:
-    """sd-scripts' optimizer_type spelling, any case (`adamw8bit`, `AdamW`, `adafactor`)."""
-    if value is None:
-        return "AdamW"
-    wanted = value.lower().replace("_", "").replace("-", "")
-    for name in OPTIMIZERS:
-        if wanted == name.lower():
-            return name
-    raise ZireliaError(
-        f"[train] optimizer {value!r} is not supported by the diffusers backend",
-        hint=f'use one of {", ".join(OPTIMIZERS)} (or backend = "kohya" for sd-scripts\' full list)',
-    )
-
-
-def _selected_count(config: ZireliaConfig) -> int:
-    from zirelia_local.common.manifest import Manifest
-    from zirelia_local.dataset.captions import selected_records
-
-    return len(selected_records(Manifest(config.run_dir)))
-
-
-def plan_training(config: ZireliaConfig, images: int) -> DiffusersTrainPlan:
-    """Resolve devices, dtypes, sizes and step counts for `images` training images."""
-    import torch
-
-    from zirelia_local.dataset.flux import gpu_total_memory, resolve_device, resolve_model_source
-
-    train = config.train
-    device = resolve_device(config.generator.device)
-    if device.type == "cuda":
-        mixed_precision = train.mixed_precision
-        if mixed_precision == "bf16" and not torch.cuda.is_bf16_supported():
-            warn("this GPU has no bfloat16: training in float16 mixed precision instead")
-            mixed_precision = "fp16"
-    else:
-        mixed_precision = "no"  # CPU / MPS autocast gives no speed here; float32 is exact and portable
-    weight_dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(mixed_precision, "float32")
-    total = gpu_total_memory(device)
-    fp8_base = bool(
-        device.type == "cuda"
-        and (train.vram in ("12gb", "16gb", "24gb") or (train.vram == "auto" and (total or 0) < 39 * 1024**3))
-    )
-    batch_size = train.batch_size or 1
-    resolution = min(train.resolution or config.dataset.resolution, config.dataset.resolution)
-    steps_per_epoch = math.ceil(images * train.num_repeats / batch_size) if images else 0
-    source = resolve_model_source(config.generator.model)
-    revision = config.generator.revision
-    return DiffusersTrainPlan(
-        model=config.generator.model,
-        model_source=source,
-        model_id=source if revision is None else f"{source}@{revision}",
-        device=str(device),
-        mixed_precision=mixed_precision,
-        weight_dtype=weight_dtype,
-        images=images,
-        num_repeats=train.num_repeats,
-        batch_size=batch_size,
-        resolution=resolution,
-        epochs=train.epochs,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=steps_per_epoch * train.epochs,
-        network_dim=train.network_dim,
-        network_alpha=train.network_alpha,
-        learning_rate=train.learning_rate,
-        optimizer=_optimizer_name(train.optimizer),
-        timestep_sampling=train.timestep_sampling,
-        discrete_flow_shift=train.discrete_flow_shift,
-        model_prediction_type=train.model_prediction_type,
-        guidance_scale=train.guidance_scale,
-        gradient_checkpointing=train.gradient_checkpointing,
-        cache_latents=train.cache_latents,
-        cache_text_encoder_outputs=train.cache_text_encoder_outputs,
-        max_sequence_length=config.generator.max_sequence_length,
-        fp8_base=fp8_base,
-        gpu_memory_gib=round(total / 1024**3, 1) if total else None,
-    )
-
-
-def _describe(plan: DiffusersTrainPlan) -> str:
-    return (
-        f"diffusers backend: {plan.model} on {plan.device} ({plan.weight_dtype}"
-        f"{', fp8 base weights' if plan.fp8_base else ''}, mixed precision {plan.mixed_precision}); "
-        f"{plan.images} image(s) x {plan.num_repeats} repeat(s) at {plan.resolution} px, batch {plan.batch_size}: "
-        f"{plan.steps_per_epoch} step(s)/epoch x {plan.epochs} epoch(s) = {plan.total_steps} steps; "
-        f"LoRA rank {plan.network_dim} alpha {plan.network_alpha:g}, {plan.optimizer} lr {plan.learning_rate:g}; "
-        f"timesteps {plan.timestep_sampling} (shift {plan.discrete_flow_shift:g}), prediction "
-        f"{plan.model_prediction_type}, guidance {plan.guidance_scale:g}; cache latents "
-        f"{'on' if plan.cache_latents else 'off'}, text encoders {'on' if plan.cache_text_encoder_outputs else 'off'}"
-    )
-
-
-# --------------------------------------------------------------------------------------------- sampling
-
-
-def sample_sigmas(plan: DiffusersTrainPlan, batch: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
-    """Noise levels t in (0, 1) for one batch, as sd-scripts' `get_noisy_model_input_and_timesteps` draws them.
-
-    `seq_len` is the packed latent length ((H/16) * (W/16)), used by `flux_shift`.
-    """
-    import torch
-
-    mode = plan.timestep_sampling
-    if mode == "uniform":
-        return torch.rand(batch, generator=generator)
-    if mode == "sigmoid":
-        return torch.sigmoid(SIGMOID_SCALE * torch.randn(batch, generator=generator))
-    if mode == "shift":
-        shift = plan.discrete_flow_shift
-        sigmas = torch.sigmoid(SIGMOID_SCALE * torch.randn(batch, generator=generator))
-        return (sigmas * shift) / (1 + (shift - 1) * sigmas)
-    if mode == "flux_shift":
-        # FLUX's resolution-dependent shift: mu linear in the sequence length, 0.5 at 256 tokens, 1.15 at 4096.
-        mu = 0.5 + (1.15 - 0.5) / (4096 - 256) * (seq_len - 256)
-        sigmas = torch.sigmoid(SIGMOID_SCALE * torch.randn(batch, generator=generator))
-        return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
-    # "sigma": a uniform pick among the 1000 training noise levels of a FlowMatch scheduler shifted by
-    # discrete_flow_shift (sd-scripts' weighting_scheme uniform).
-    shift = plan.discrete_flow_shift
-    levels = torch.linspace(1, NUM_TRAIN_TIMESTEPS, NUM_TRAIN_TIMESTEPS).flip(0) / NUM_TRAIN_TIMESTEPS
-    levels = shift * levels / (1 + (shift - 1) * levels)
-    indices = (torch.rand(batch, generator=generator) * NUM_TRAIN_TIMESTEPS).long()
-    return levels[indices]
-
-
-def flow_matching_loss(
-    model_pred: torch.Tensor,
-    noisy: torch.Tensor,
-    x0: torch.Tensor,
-    noise: torch.Tensor,
-    sigmas: torch.Tensor,
-    kind: str,
-) -> torch.Tensor:
-    """MSE between the (post-processed) prediction and the velocity noise - x0, as sd-scripts computes it."""
-    sig = sigmas.view(-1, *([1] * (noisy.ndim - 1)))
-    if kind == "additive":
-        model_pred = model_pred + noisy
-    elif kind == "sigma_scaled":
-        model_pred = model_pred * (-sig) + noisy
-    target = noise - x0
-    per_sample = (model_pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
-    return per_sample.mean()
-
-
-# --------------------------------------------------------------------------------------------- data
-
-
-def _read_examples(folder: Path, image_ids: list[str]) -> list[Example]:
-    examples: list[Example] = []
-    for image_id in image_ids:
-        image = next(
-            (folder / f"{image_id}{suffix}" for suffix in IMAGE_SUFFIXES if (folder / f"{image_id}{suffix}").is_file()),
-            None,
-        )
-        caption_path = folder / f"{image_id}.txt"
-        if image is None or not caption_path.is_file():
-            raise ZireliaError(
-                f"{folder} lacks the image or caption of {image_id}",
-                hint="rerun `zirelia caption CONFIG` to rebuild the training set",
-            )
-        caption = (
-            caption_path.read_text(encoding="utf-8").splitlines()[0].strip() if caption_path.stat().st_size else ""
-        )
-        if not caption:
-            raise ZireliaError(f"caption {caption_path} is empty", hint="rerun `zirelia caption CONFIG`")
-        examples.append(Example(image=image, caption=caption, image_sha256=sha256_file(image)))
-    return examples
-
-
-def _load_component(loader: Any, source: str, config: ZireliaConfig, **kwargs: Any) -> Any:
-    """`loader(source, **kwargs)` (a `from_pretrained`), with the hub's failures explained as in generation."""
-    from zirelia_local.common.console import quiet_library_progress
-    from zirelia_local.dataset.flux import _explain_load_failure, _hub_token
-
-    quiet_library_progress()
-    # Safetensors only, unless the user opted in to pickled weights ([run] allow_pickle).
-    kwargs.setdefault("use_safetensors", None if config.run.allow_pickle else True)
-    if not Path(source).exists():
-        kwargs.setdefault("revision", config.generator.revision)
-        kwargs.setdefault("token", _hub_token())
-    try:
-        return loader(source, **kwargs)
-    except (OSError, ValueError) as error:
-        if Path(source).exists():
-            raise ZireliaError(f"could not load the model from {source}: {error}") from error
-        raise _explain_load_failure(source, error) from error
-
-
-def _open_encoder(config: ZireliaConfig, plan: DiffusersTrainPlan) -> FluxEncoder:
-    import torch
-    from diffusers import FluxPipeline
-
-    info("loading the VAE and text encoders to encode the training set")
-    dtype = getattr(torch, plan.weight_dtype)
-    pipe = _load_component(FluxPipeline.from_pretrained, plan.model_source, config, transformer=None, dtype=dtype)
-    pipe.to(plan.device)
-    pipe.set_progress_bar_config(disable=True)
-    return FluxEncoder(pipe, device=torch.device(plan.device), max_sequence_length=plan.max_sequence_length)
-
-
-# --------------------------------------------------------------------------------------------- output
-
-
-def _fingerprint(plan: DiffusersTrainPlan, targets: list[str]) -> dict[str, Any]:
-    """Settings a resumed run must share with the state it resumes (else the weights do not fit)."""
-    return {
-        "model": plan.model_id,
-        "network_dim": plan.network_dim,
-        "network_alpha": plan.network_alpha,
-        "optimizer": plan.optimizer,
-        "target_modules": targets,
-    }
-
-
-def _training_metadata(plan: DiffusersTrainPlan, config: ZireliaConfig) -> dict[str, Any]:
-    train = config.train
-    return {
-        "ss_learning_rate": plan.learning_rate,
-        "ss_unet_lr": plan.learning_rate,
-        "ss_num_train_images": plan.images * plan.num_repeats,
-        "ss_num_batches_per_epoch": plan.steps_per_epoch,
-        "ss_num_epochs": plan.epochs,
-        "ss_batch_size_per_device": plan.batch_size,
-        "ss_total_batch_size": plan.batch_size,
-        "ss_max_train_steps": plan.total_steps,
-        "ss_lr_scheduler": "constant",
-        "ss_optimizer": plan.optimizer,
-        "ss_max_grad_norm": MAX_GRAD_NORM,
-        "ss_mixed_precision": plan.mixed_precision,
-        "ss_gradient_checkpointing": plan.gradient_checkpointing,
-        "ss_cache_latents": plan.cache_latents,
-        "ss_seed": train.seed,
-        "ss_guidance_scale": plan.guidance_scale,
-        "ss_timestep_sampling": plan.timestep_sampling,
-        "ss_sigmoid_scale": SIGMOID_SCALE,
-        "ss_discrete_flow_shift": plan.discrete_flow_shift,
-        "ss_model_prediction_type": plan.model_prediction_type,
-        "ss_weighting_scheme": "uniform",
-        "ss_loss_type": "l2",
-        "ss_training_comment": f"zirelia-local diffusers backend, persona {config.persona.trigger_word}",
-        "zirelia_backend": "diffusers",
-    }
-
-
-def _save_lora(
-    path: Path,
-    lora_state: dict[str, torch.Tensor],
-    *,
-    plan: DiffusersTrainPlan,
-    config: ZireliaConfig,
-    epoch: int,
-    step: int,
-    started: datetime,
-    save_dtype: torch.dtype,
-) -> None:
-    from safetensors.torch import save
-
-    from zirelia_local.training.lora_format import kohya_metadata, kohya_network_hashes, peft_to_kohya
-
-    tensors = peft_to_kohya(lora_state, alpha=plan.network_alpha, dtype=save_dtype)
-    metadata = kohya_metadata(
-        output_name=config.lora_name,
-        network_dim=plan.network_dim,
-        network_alpha=plan.network_alpha,
-        epoch=epoch,
-        steps=step,
-        resolution=plan.resolution,
-        base_model=plan.model,
-        training=_training_metadata(plan, config),
-        trigger_phrase=config.persona.trigger_word,
-        started_at=started,
-    )
-    metadata.update(kohya_network_hashes(tensors, metadata))
-    atomic_write_bytes(path, save(tensors, metadata))
-
-
-def _lora_path(out_dir: Path, name: str, epoch: int, *, last: bool) -> Path:
-    return out_dir / (f"{name}.safetensors" if last else f"{name}-{epoch:06d}.safetensors")
-
-
-def _result(out_dir: Path, name: str) -> TrainingResult:
-    return TrainingResult(backend="diffusers", output_dir=out_dir, epoch_files=epoch_lora_files(out_dir, name))
-
-
-# --------------------------------------------------------------------------------------------- training
 
 
 def _make_optimizer(name: str, params: list[Any], lr: float, device: torch.device) -> Any:
+    """The plan's optimizer over `params`; AdamW8bit only where bitsandbytes runs (CUDA)."""
     import torch
 
     if name == "AdamW8bit":
@@ -391,6 +88,10 @@ def _make_optimizer(name: str, params: list[Any], lr: float, device: torch.devic
 
 
 def _epoch_generator(seed: int, epoch: int, purpose: int) -> torch.Generator:
+    """A generator for one epoch's draws (`purpose` 0: shuffling, 1: noise and timesteps).
+
+    Seeded by (seed, epoch) alone, so a run resumed at an epoch boundary draws what an unbroken run would.
+    """
     import torch
 
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 101 + purpose) % (2**63))
@@ -407,8 +108,8 @@ def train_diffusers(config: ZireliaConfig, dry_run: bool = False) -> TrainingRes
         )
 
     if dry_run:
-        plan = plan_training(config, _selected_count(config))
-        info(_describe(plan))
+        plan = plan_training(config, selected_count(config))
+        info(describe_plan(plan))
         info(f"would write {out_dir}/{name}-000001.safetensors ... {name}.safetensors, cache in {out_dir / CACHE_DIR}")
         return TrainingResult(backend="diffusers", output_dir=out_dir, dry_run=True)
 
@@ -419,7 +120,7 @@ def train_diffusers(config: ZireliaConfig, dry_run: bool = False) -> TrainingRes
     training_set = write_training_set(
         config, config.run_dir, batch_size=plan_probe.batch_size, resolution=plan_probe.resolution
     )
-    examples = _read_examples(training_set.folder, training_set.image_ids)
+    examples = read_examples(training_set.folder, training_set.image_ids)
     if not examples:
         raise ZireliaError(
             f"no training images in {training_set.folder}",
@@ -439,11 +140,19 @@ def train_diffusers(config: ZireliaConfig, dry_run: bool = False) -> TrainingRes
     resume = states[-1] if states else None
     if resume is not None and resume.epoch >= plan.epochs:
         info(f"already trained: the newest state is at epoch {resume.epoch} of {plan.epochs} ({resume.folder.name})")
-        return _result(out_dir, name)
+        return training_result(out_dir, name)
     return _train(config, plan, examples, out_dir, name, resume)
 
 
-def _train(config, plan, examples, out_dir, name, resume) -> TrainingResult:
+def _train(
+    config: ZireliaConfig,
+    plan: DiffusersTrainPlan,
+    examples: list[Example],
+    out_dir: Path,
+    name: str,
+    resume: TrainState | None,
+) -> TrainingResult:
+    """Steps 2-5 of the module docstring, from `resume` (or from scratch) to the plan's last epoch."""
     import torch
     from accelerate import Accelerator
     from diffusers import FluxPipeline, FluxTransformer2DModel
@@ -453,7 +162,7 @@ def _train(config, plan, examples, out_dir, name, resume) -> TrainingResult:
     from zirelia_local.training.train_state import load_train_state, save_train_state
 
     train = config.train
-    info(_describe(plan))
+    info(describe_plan(plan))
     started = datetime.now(UTC)
     device = torch.device(plan.device)
     weight_dtype = getattr(torch, plan.weight_dtype)
@@ -464,7 +173,7 @@ def _train(config, plan, examples, out_dir, name, resume) -> TrainingResult:
     def open_encoder() -> FluxEncoder:
         nonlocal encoder
         if encoder is None:
-            encoder = _open_encoder(config, plan)
+            encoder = load_encoder(config, plan)
         return encoder
 
     encoded, stats = encode_with_cache(
@@ -489,7 +198,7 @@ def _train(config, plan, examples, out_dir, name, resume) -> TrainingResult:
     )
 
     # 2. Transformer + LoRA.
-    transformer = _load_component(
+    transformer = load_component(
         FluxTransformer2DModel.from_pretrained, plan.model_source, config, subfolder="transformer", dtype=weight_dtype
     )
     transformer.requires_grad_(False)
@@ -513,13 +222,13 @@ def _train(config, plan, examples, out_dir, name, resume) -> TrainingResult:
     lora_params = [p for p in transformer.parameters() if p.requires_grad]
     for param in lora_params:
         param.data = param.data.float()  # trainable weights in float32, the frozen base in weight_dtype
-    fingerprint = _fingerprint(plan, targets)
+    fingerprint = state_fingerprint(plan, targets)
 
     optimizer = _make_optimizer(plan.optimizer, lora_params, plan.learning_rate, device)
     start_epoch, step = 0, 0
     metrics_path = out_dir / METRICS_FILE
     if resume is not None:
-        _check_fingerprint(resume, fingerprint, out_dir)
+        check_fingerprint(resume, fingerprint, out_dir)
         lora_state, optimizer_state = load_train_state(resume)
         result = set_peft_model_state_dict(transformer, lora_state)
         if getattr(result, "unexpected_keys", None):
@@ -527,14 +236,14 @@ def _train(config, plan, examples, out_dir, name, resume) -> TrainingResult:
         optimizer.load_state_dict(optimizer_state)
         start_epoch, step = resume.epoch, resume.step
         info(f"resuming from {resume.folder.name}: epoch {start_epoch}, step {step}")
-        _keep_last_epoch_file(out_dir, name, start_epoch)
+        keep_last_epoch_file(out_dir, name, start_epoch)
         if metrics_path.is_file():
             write_jsonl(
                 metrics_path,
                 [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= step and r.get("epoch", 0) <= start_epoch],
             )
     else:
-        _clear_old_outputs(out_dir, name)
+        clear_old_outputs(out_dir, name)
         write_jsonl(metrics_path, [])
     append_jsonl(metrics_path, {"event": "cache", **{k: v for k, v in asdict(stats).items() if k != "removed"}})
 
@@ -557,7 +266,7 @@ def _train(config, plan, examples, out_dir, name, resume) -> TrainingResult:
                     began = time.perf_counter()
                     batch = [examples[int(i) % len(examples)] for i in order[start : start + plan.batch_size]]
                     indices = [int(i) % len(examples) for i in order[start : start + plan.batch_size]]
-                    x0, prompt_embeds, pooled = _batch_tensors(batch, indices, encoded, encoder, plan)
+                    x0, prompt_embeds, pooled = batch_tensors(batch, indices, encoded, encoder, plan)
                     x0 = x0.to(device, torch.float32)
                     noise = torch.randn(x0.shape, generator=noise_gen).to(device)
                     sigmas = sample_sigmas(plan, x0.shape[0], x0.shape[1], noise_gen).to(device)
@@ -613,8 +322,8 @@ def _train(config, plan, examples, out_dir, name, resume) -> TrainingResult:
                 saved = None
                 if last or epoch % train.save_every_n_epochs == 0:
                     lora_state = get_peft_model_state_dict(accelerator.unwrap_model(transformer))
-                    saved = _lora_path(out_dir, name, epoch, last=last)
-                    _save_lora(
+                    saved = lora_path(out_dir, name, epoch, last=last)
+                    save_lora(
                         saved,
                         lora_state,
                         plan=plan,
@@ -648,49 +357,4 @@ def _train(config, plan, examples, out_dir, name, resume) -> TrainingResult:
     finally:
         if encoder is not None:
             encoder.release()
-    return _result(out_dir, name)
-
-
-def _batch_tensors(batch, indices, encoded, encoder, plan):
-    import torch
-
-    if plan.cache_latents:
-        x0 = torch.stack([encoded[i].latents for i in indices])
-    else:
-        x0 = encoder.encode_images([example.image for example in batch], plan.resolution)
-    if plan.cache_text_encoder_outputs:
-        prompt_embeds = torch.stack([encoded[i].prompt_embeds for i in indices])
-        pooled = torch.stack([encoded[i].pooled_prompt_embeds for i in indices])
-    else:
-        prompt_embeds, pooled = encoder.encode_prompts([example.caption for example in batch])
-    return x0, prompt_embeds, pooled
-
-
-def _check_fingerprint(state, fingerprint: dict[str, Any], out_dir: Path) -> None:
-    changed = [key for key in fingerprint if key in state.fingerprint and state.fingerprint[key] != fingerprint[key]]
-    if changed:
-        details = ", ".join(
-            f"{key} {json.dumps(state.fingerprint[key])[:60]} -> {json.dumps(fingerprint[key])[:60]}" for key in changed
-        )
-        raise ZireliaError(
-            f"the training state {state.folder} was made with other settings ({details})",
-            hint=f"restore those [train] settings to resume, or delete {out_dir} to train from scratch",
-        )
-
-
-def _keep_last_epoch_file(out_dir: Path, name: str, epoch: int) -> None:
-    """Training on past the old last epoch: its `<name>.safetensors` becomes `<name>-<epoch>.safetensors`."""
-    from zirelia_local.training.outputs import read_epoch
-
-    final = out_dir / f"{name}.safetensors"
-    if final.is_file() and read_epoch(final) == epoch:
-        final.replace(_lora_path(out_dir, name, epoch, last=False))
-
-
-def _clear_old_outputs(out_dir: Path, name: str) -> None:
-    """A fresh start: LoRA files of an earlier run under the same name would mix into this run's epochs."""
-    old = list(epoch_lora_files(out_dir, name).values())
-    if old:
-        info(f"no training state to resume: removing {len(old)} LoRA file(s) of an earlier run from {out_dir}")
-        for path in old:
-            path.unlink(missing_ok=True)
+    return training_result(out_dir, name)

@@ -1,10 +1,8 @@
 """Running sd-scripts as a child process: stream its output, follow its progress, stop it cleanly.
 
-sd-scripts prints `epoch N/M` and `saving checkpoint: PATH` on stdout and a tqdm bar on stderr, redrawn
-with carriage returns: `steps:  33%|███▎      | 6/18 [00:17<00:35,  2.96s/it, avr_loss=1.16]`
-(train_network.py). Both streams go through one pipe so their order is kept; every `\\r`/`\\n` separated
-segment is parsed, written (secrets redacted) to the run's `train/train.log`, and each new step becomes a
-line of `train/metrics.jsonl` and a move of our progress bar.
+Both of the child's streams go through one pipe so their order is kept; every `\\r`/`\\n` separated segment
+is parsed (`kohya_log`), written (secrets redacted) to the run's `train/train.log`, and each new step becomes
+a line of `train/metrics.jsonl` and a move of our progress bar.
 
 The child runs in its own process group: Ctrl-C reaches only us, and we forward SIGINT to the whole
 group (accelerate's launcher and the trainer it starts), keep draining its output while it exits, and
@@ -13,16 +11,14 @@ escalate to SIGTERM, then SIGKILL, if it does not.
 
 from __future__ import annotations
 
-import codecs
 import logging
 import os
-import re
 import select
 import signal
 import subprocess
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,15 +27,19 @@ from typing import TextIO
 from zirelia_local.common.console import Advance, progress_bar
 from zirelia_local.common.files import append_jsonl
 from zirelia_local.common.security import redact
+from zirelia_local.training.kohya_log import (
+    STEPS_BAR,
+    SegmentSplitter,
+    StepProgress,
+    parse_epoch,
+    parse_progress,
+    parse_saved,
+    split_segments,
+)
 from zirelia_local.training.messages import info
 
 logger = logging.getLogger(__name__)
 
-
-_STEPS = re.compile(r"^steps:\s*(?P<percent>\d+)%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*\[(?P<info>[^\]]*)\]")
-_EPOCH = re.compile(r"^epoch (?P<epoch>\d+)/(?P<total>\d+)\s*$")
-_SAVED = re.compile(r"^saving checkpoint: (?P<path>.+?)\s*$")
-_RATE = re.compile(r"^\s*(?P<value>[\d.]+)(?P<unit>s/it|it/s)$")
 
 #: Seconds to wait after SIGINT, then after SIGTERM, before the next signal.
 SIGINT_GRACE_S = 30.0
@@ -47,99 +47,10 @@ SIGTERM_GRACE_S = 10.0
 TAIL_LINES = 200
 
 
-@dataclass(frozen=True)
-class StepProgress:
-    """One redraw of sd-scripts' `steps` tqdm bar."""
-
-    step: int
-    total: int
-    percent: int
-    elapsed: str | None = None
-    remaining: str | None = None
-    seconds_per_step: float | None = None
-    postfix: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def avr_loss(self) -> float | None:
-        value = self.postfix.get("avr_loss")
-        try:
-            return float(value) if value is not None else None
-        except ValueError:
-            return None
-
-
-def parse_progress(segment: str) -> StepProgress | None:
-    """Parse a `steps:` tqdm segment; None for anything else (other bars, log lines)."""
-    match = _STEPS.match(segment.strip())
-    if not match:
-        return None
-    parts = [part.strip() for part in match.group("info").split(",")]
-    elapsed = remaining = None
-    seconds_per_step = None
-    postfix: dict[str, str] = {}
-    if parts and "<" in parts[0]:
-        elapsed, remaining = (piece.strip() for piece in parts[0].split("<", 1))
-    for part in parts[1:]:
-        rate = _RATE.match(part)
-        if rate:
-            value = float(rate.group("value"))
-            if value > 0:
-                seconds_per_step = value if rate.group("unit") == "s/it" else 1.0 / value
-        elif "=" in part:
-            key, value = part.split("=", 1)
-            postfix[key.strip()] = value.strip()
-    return StepProgress(
-        step=int(match.group("n")),
-        total=int(match.group("total")),
-        percent=int(match.group("percent")),
-        elapsed=elapsed,
-        remaining=None if remaining in (None, "?") else remaining,
-        seconds_per_step=seconds_per_step,
-        postfix=postfix,
-    )
-
-
-def parse_epoch(segment: str) -> tuple[int, int] | None:
-    """`epoch 3/20` -> (3, 20)."""
-    match = _EPOCH.match(segment.strip())
-    return (int(match.group("epoch")), int(match.group("total"))) if match else None
-
-
-def parse_saved(segment: str) -> Path | None:
-    """`saving checkpoint: /x/name-000001.safetensors` -> the path."""
-    match = _SAVED.match(segment.strip())
-    return Path(match.group("path")) if match else None
-
-
-class SegmentSplitter:
-    """Splits a byte stream (UTF-8, cut anywhere) into `\\r`/`\\n` separated text segments."""
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        #: text after the last separator: tqdm's current bar, until its next redraw starts with `\\r`
-        self.pending = ""
-
-    def feed(self, chunk: bytes) -> list[str]:
-        self.pending += self._decoder.decode(chunk)
-        *complete, self.pending = re.split(r"\r\n|\r|\n", self.pending)
-        return [segment for segment in complete if segment.strip()]
-
-    def flush(self) -> list[str]:
-        rest = self.pending + self._decoder.decode(b"", final=True)
-        self.pending = ""
-        return [rest] if rest.strip() else []
-
-
-def split_segments(chunks: Iterable[bytes]) -> Iterator[str]:
-    """Decode a byte stream (UTF-8, split anywhere) into `\\r`/`\\n` separated segments, empty ones dropped."""
-    splitter = SegmentSplitter()
-    for chunk in chunks:
-        yield from splitter.feed(chunk)
-    yield from splitter.flush()
-
-
 @dataclass
 class RunOutcome:
+    """What a run of sd-scripts came to: exit code, how far it got, the files it saved, its last lines."""
+
     returncode: int
     interrupted: bool = False
     #: last `epoch N/M` seen (N), and M
@@ -181,7 +92,7 @@ class OutputTracker:
 
     def feed(self, segment: str) -> None:
         segment = redact(segment.rstrip())
-        match = _STEPS.match(segment.lstrip())
+        match = STEPS_BAR.match(segment.lstrip())
         if match is not None:
             bar = segment.lstrip()[: match.end()]
             rest = segment.lstrip()[match.end() :]
@@ -208,7 +119,7 @@ class OutputTracker:
 
     def feed_partial(self, text: str) -> None:
         """Show a bar that is drawn but not yet ended (tqdm ends a drawing only when it starts the next)."""
-        match = _STEPS.match(text.lstrip())
+        match = STEPS_BAR.match(text.lstrip())
         if match is not None:
             progress = parse_progress(match.group(0))
             if progress is not None:

@@ -1,0 +1,127 @@
+"""The kohya backend's rows: the sd-scripts checkout, the interpreter that runs it (tried on its own imports)
+and the single model files it loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from zirelia_local.common.config import TrainConfig, ZireliaConfig
+from zirelia_local.doctor.check import GB, Check, fail, ok, warn
+from zirelia_local.doctor.models import FLUX_DEV_REPO
+
+# The sd-scripts commit zirelia is tested against (docker/Dockerfile pins the same one).
+SD_SCRIPTS_COMMIT = "48d368fa"
+SD_SCRIPTS_URL = "https://github.com/kohya-ss/sd-scripts"
+SD_SCRIPTS_TRAIN_SCRIPT = {"flux": "flux_train_network.py", "sdxl": "sdxl_train_network.py", "sd15": "train_network.py"}
+SD_SCRIPTS_IMPORT_CHECK = "import library.train_util, accelerate, transformers, diffusers"
+# A cold import of torch, transformers and diffusers from a slow disk can take minutes.
+SD_SCRIPTS_IMPORT_TIMEOUT_S = 180.0
+
+FLUX_FILES_FIX = {
+    "pretrained_model": f"hf download {FLUX_DEV_REPO} flux1-dev.safetensors --local-dir models",
+    "ae": f"hf download {FLUX_DEV_REPO} ae.safetensors --local-dir models",
+    "clip_l": "hf download comfyanonymous/flux_text_encoders clip_l.safetensors --local-dir models",
+    "t5xxl": "hf download comfyanonymous/flux_text_encoders t5xxl_fp16.safetensors --local-dir models",
+}
+
+
+def sd_scripts_python(folder: Path, configured: Path | None) -> Path:
+    """The interpreter the kohya backend uses: [train] python, else <sd_scripts>/venv/bin/python, else ours."""
+    if configured is not None:
+        return configured.expanduser()
+    venv_python = folder / "venv" / "bin" / "python"
+    return venv_python if venv_python.exists() else Path(sys.executable)
+
+
+def sd_scripts_folder_check(folder: Path | None, model_type: str = "flux") -> Check:
+    """The sd-scripts folder exists and holds the training script for `model_type`."""
+    name = "sd-scripts"
+    install = (
+        f"git clone {SD_SCRIPTS_URL} && git -C sd-scripts checkout {SD_SCRIPTS_COMMIT}, then "
+        "python -m venv sd-scripts/venv && sd-scripts/venv/bin/pip install torch torchvision && "
+        "(cd sd-scripts && venv/bin/pip install -r requirements.txt); set ZIRELIA_SD_SCRIPTS=$PWD/sd-scripts "
+        '(or [train] sd_scripts), or use [train] backend = "diffusers"'
+    )
+    if folder is None:
+        return fail(name, "not set: neither [train] sd_scripts nor ZIRELIA_SD_SCRIPTS", install)
+    if not folder.is_dir():
+        return fail(name, f"{folder} does not exist", install)
+    script = SD_SCRIPTS_TRAIN_SCRIPT[model_type]
+    if not (folder / script).is_file():
+        return fail(
+            name,
+            f"{folder} has no {script}: not an sd-scripts checkout, or one older than FLUX support",
+            f"point it at a checkout of {SD_SCRIPTS_URL} at commit {SD_SCRIPTS_COMMIT} or later; " + install,
+        )
+    return ok(name, f"{folder} ({script})")
+
+
+def sd_scripts_python_check(folder: Path, python: Path, timeout: float = SD_SCRIPTS_IMPORT_TIMEOUT_S) -> Check:
+    """Run sd-scripts' interpreter on its own imports (library.train_util, accelerate, transformers, diffusers)."""
+    name = "sd-scripts python"
+    fix = f"cd {folder} && {python} -m pip install -r requirements.txt (plus a CUDA build of torch and torchvision)"
+    if not python.exists():
+        return fail(name, f"{python} does not exist", f"set [train] python to sd-scripts' interpreter, or {fix}")
+    code = SD_SCRIPTS_IMPORT_CHECK + "; print(transformers.__version__, diffusers.__version__)"
+    try:
+        completed = subprocess.run(
+            [str(python), "-c", code], cwd=folder, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return warn(name, f"{python}: importing sd-scripts took over {timeout:.0f} s", "check the disk and the venv")
+    except OSError as error:
+        return fail(name, f"{python} cannot run: {error.strerror}", fix)
+    if completed.returncode != 0:
+        lines = [line for line in completed.stderr.strip().splitlines() if line.strip()]
+        return fail(name, f"{python}: {lines[-1] if lines else 'exit code ' + str(completed.returncode)}", fix)
+    transformers_version, diffusers_version = [*completed.stdout.split(), "?", "?"][:2]
+    return ok(name, f"{python} (transformers {transformers_version}, diffusers {diffusers_version})")
+
+
+def kohya_model_file_checks(train: TrainConfig) -> list[Check]:
+    """The single files sd-scripts loads: the base model, and for FLUX also CLIP-L, T5-XXL and the autoencoder."""
+    keys = ["pretrained_model", "clip_l", "t5xxl", "ae"] if train.model_type == "flux" else ["pretrained_model"]
+    checks = []
+    for key in keys:
+        value = getattr(train, key)
+        name = f"train.{key}"
+        fix = FLUX_FILES_FIX.get(key, "download the base checkpoint") + f", then set [train] {key} to the file"
+        if train.model_type == "flux":
+            fix += " (the diffusers folder of [generator] is a separate download)"
+        if value is None:
+            checks.append(fail(name, "not set (the kohya backend needs it)", fix))
+            continue
+        path = Path(value).expanduser()
+        if not path.exists():
+            checks.append(fail(name, f"{path} not found", fix))
+        elif path.is_file():
+            checks.append(ok(name, f"{path} ({path.stat().st_size / GB:.2f} GB)"))
+        else:
+            checks.append(ok(name, f"{path} (folder)"))
+    if train.model_type == "flux" and train.tokenizer_cache_dir is not None:
+        folder = train.tokenizer_cache_dir.expanduser()
+        expected = ["openai_clip-vit-large-patch14", "google_t5-v1_1-xxl"]
+        missing = [item for item in expected if not (folder / item).is_dir()]
+        if missing:
+            checks.append(
+                warn(
+                    "train.tokenizer_cache_dir",
+                    f"{folder} lacks {', '.join(missing)}: sd-scripts will fetch them from the hub",
+                    "run one training with internet and --tokenizer_cache_dir set, or copy the folders",
+                )
+            )
+        else:
+            checks.append(ok("train.tokenizer_cache_dir", str(folder)))
+    return checks
+
+
+def kohya_checks(config: ZireliaConfig, *, import_timeout: float = SD_SCRIPTS_IMPORT_TIMEOUT_S) -> list[Check]:
+    """Every kohya row: the folder, then its interpreter (only when the folder is usable), then the model files."""
+    folder = config.sd_scripts_dir()
+    folder_row = sd_scripts_folder_check(folder, config.train.model_type)
+    checks = [folder_row]
+    if not folder_row.failed and folder is not None:
+        checks.append(sd_scripts_python_check(folder, sd_scripts_python(folder, config.train.python), import_timeout))
+    return checks + kohya_model_file_checks(config.train)

@@ -1,0 +1,106 @@
+"""The whole table: every check in order (for the whole run, or for some of its stages), printed with rich,
+and the exit code `zirelia doctor` returns."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+
+from zirelia_local.common.config import ZireliaConfig
+from zirelia_local.doctor.check import (
+    FACE_STAGES,
+    MODEL_STAGES,
+    Check,
+    generator_stages,
+    ok,
+    selected_stages,
+)
+from zirelia_local.doctor.environment import gpu_checks, gpu_inventory, package_checks, python_check, vram_check
+from zirelia_local.doctor.kohya import SD_SCRIPTS_IMPORT_TIMEOUT_S, kohya_checks
+from zirelia_local.doctor.models import HubAccess, device_check, generator_model_check, gpu_requirement, hub_access
+from zirelia_local.doctor.resources import critic_clip_check, disk_checks, embedder_check
+
+
+def collect_checks(
+    config: ZireliaConfig | None,
+    *,
+    stages: Iterable[str] | None = None,
+    access: HubAccess = hub_access,
+    import_timeout: float = SD_SCRIPTS_IMPORT_TIMEOUT_S,
+) -> list[Check]:
+    """Every check for `config` (environment only when None), in table order.
+
+    `stages` (names from `STAGES`; None: the whole run, which is what `zirelia doctor` checks) keeps only the
+    rows those stages need, so a command that runs some stages can check just those before loading a model.
+    The environment rows (Python, packages, CUDA, VRAM) are always there. Raises ValueError on an unknown stage.
+    """
+    chosen = selected_stages(stages)
+    checks = [python_check(), *package_checks(config, chosen)]
+    gpus, summary = gpu_inventory()
+    required = gpu_requirement(config, chosen) if config is not None else None
+    checks += gpu_checks(gpus, summary, gpu_required=required)
+    # Without training among the stages, [train] gpu_ids and vram do not apply: say what fits all GPUs.
+    checks.append(vram_check(gpus, config.train if config is not None and "train" in chosen else None))
+    if config is None:
+        return checks
+    if not MODEL_STAGES.isdisjoint(chosen):
+        device_row = device_check(config, gpus, chosen)
+        if device_row is not None:
+            checks.append(device_row)
+    # Cached (or built in, or local) unless a chosen stage loads it and the model row says otherwise.
+    generator_cached = True
+    if not generator_stages(config).isdisjoint(chosen):
+        model_row = generator_model_check(config.generator, access)
+        checks.append(model_row)
+        generator_cached = model_row.status == "ok"
+    if "train" in chosen:
+        if config.train.backend == "kohya":
+            checks += kohya_checks(config, import_timeout=import_timeout)
+        else:
+            checks.append(ok("training backend", "diffusers (built in; no sd-scripts needed)"))
+    if not FACE_STAGES.isdisjoint(chosen):
+        checks.append(embedder_check(config.curate, gpus))
+    if "critic" in chosen:
+        clip_row = critic_clip_check(config)
+        if clip_row is not None:
+            checks.append(clip_row)
+    checks += disk_checks(config, generator_cached, chosen)
+    return checks
+
+
+def render_table(checks: Iterable[Check], title: str) -> None:
+    """Print `checks` as one table on stdout (rich markup in the texts is escaped: they name [sections])."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 200, highlight=False, soft_wrap=False)
+    table = Table(title=title, title_justify="left", show_lines=False)
+    table.add_column("check", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    table.add_column("fix", overflow="fold")
+    style = {"ok": "green", "warn": "yellow", "FAIL": "bold red"}
+    for check in checks:
+        table.add_row(
+            escape(check.name), f"[{style[check.status]}]{check.status}[/]", escape(check.detail), escape(check.fix)
+        )
+    console.print(table)
+
+
+def run_doctor(config: ZireliaConfig | None) -> int:
+    """Print the table; 1 when a FAIL row means the configured run cannot start, else 0."""
+    from zirelia_local.common.console import console
+
+    checks = collect_checks(config)
+    title = f"zirelia doctor: {config.source or 'config'}" if config is not None else "zirelia doctor: environment"
+    render_table(checks, title)
+    failed = [check.name for check in checks if check.failed]
+    warned = [check.name for check in checks if check.status == "warn"]
+    if failed:
+        what = "the configured run cannot start" if config is not None else "this environment is incomplete"
+        console.print(f"[bold red]{len(failed)} check(s) failed[/bold red]: {what}: {', '.join(failed)}")
+        return 1
+    tail = f" ({len(warned)} warning(s): {', '.join(warned)})" if warned else ""
+    console.print(f"[green]ready[/green]{tail}")
+    return 0
