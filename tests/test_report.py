@@ -20,6 +20,7 @@ from tests.conftest import REPO, run_cli, write_config
 from tests.critic_support import PhotoRenderer, save_reference_identity, write_placeholder_loras
 from tests.photos import photo
 from zirelia_local.common.config import load_config
+from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import write_jsonl
 from zirelia_local.common.rundir import prepare_run_dir
 from zirelia_local.critic import run_critic
@@ -120,7 +121,10 @@ def test_report_of_a_finished_run_has_every_section(finished_run):
 
 def test_report_before_the_later_stages_says_what_has_not_run(tmp_path):
     config = load_config(write_config(tmp_path))
-    prepare_run_dir(config)
+    run_dir = prepare_run_dir(config)
+    with pytest.raises(ZireliaError, match="nothing to report"):  # nothing at all: a wrong --run-dir, most likely
+        write_report(config)
+    write_jsonl(run_dir / "manifest.jsonl", [])  # the dataset stage has begun, nothing after it
     page = write_report(config).read_text()
     assert_self_contained(page)
     assert "The critic has not run yet" in page

@@ -64,9 +64,10 @@ def build_report_html(config: ZireliaConfig, report_dir: Path, *, now: datetime 
 
 def write_report(config: ZireliaConfig) -> Path:
     """Write `<run_dir>/report/index.html` (self-contained) and `curves.png` beside it; return the page's path."""
-    if not (config.run_dir / MANIFEST_NAME).is_file():
+    if not any((config.run_dir / name).exists() for name in (MANIFEST_NAME, sections.TRAIN_METRICS, CRITIC_DIR)):
         raise ZireliaError(
-            f"nothing to report in {config.run_dir}: no stage has run there ({MANIFEST_NAME} is missing)",
+            f"nothing to report in {config.run_dir}: no stage has run there (no {MANIFEST_NAME}, training "
+            "metrics or critic results)",
             hint="run the job first: `python -m zirelia_local.train CONFIG` (or `zirelia dataset CONFIG` and the "
             "stages after it); check --run-dir if the run is elsewhere",
         )
