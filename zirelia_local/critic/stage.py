@@ -141,7 +141,8 @@ def _epoch_key(config: ZireliaConfig, lora: Path, critic: Critic) -> str:
     identity = config.run_dir / "identity.safetensors"
     parts = {
         "lora": sha256_file(lora),
-        "critic": config.critic.model_dump(mode="json"),
+        # which epochs are scored does not change an epoch's images: switching search <-> all reuses them
+        "critic": config.critic.model_dump(mode="json", exclude={"epochs"}),
         "settings": _settings(config),
         "embedder": critic.embedder.name,
         "identity": sha256_file(identity) if identity.is_file() else None,
