@@ -289,7 +289,37 @@ class TrainConfig(_Section):
     num_processes: int = Field(default=1, ge=1, description="GPUs to train on (accelerate --num_processes).")
     gpu_ids: str | None = Field(default=None, description="accelerate --gpu_ids, e.g. '0,1'.")
     save_every_n_epochs: int = Field(default=1, ge=1, description="Save a LoRA (and state) every N epochs.")
-    sample_every_n_epochs: int = Field(default=0, ge=0, description="Sample images every N epochs (0: never).")
+    sample_every_n_epochs: int = Field(
+        default=1,
+        ge=0,
+        description="Every N epochs, draw the sample prompts (`sample_prompts.txt`: a few varied prompts with the "
+        "trigger word, seeds fixed across epochs) with the model already in memory and judge them: the live "
+        "identity curve, printed with the training progress and kept in `train/metrics.jsonl`. 0: never (then "
+        "no early stop, and the critic's epoch search starts from a coarse subset).",
+    )
+    sample_resolution: int = Field(
+        default=512,
+        ge=64,
+        multiple_of=16,
+        description="Side of the sample images in pixels (at most dataset.resolution): 512 px shows the face to "
+        "the embedder at about a quarter of the cost of 1024 px.",
+    )
+    early_stop: Literal["off", "identity"] = Field(
+        default="off",
+        description="`identity`: stop training once the live identity curve has not improved for "
+        "`early_stop_patience` sampled epochs, or has fallen for two while the defects rose; it stops after an "
+        "epoch's LoRA and state are saved, so a rerun with more `epochs` resumes from there.",
+    )
+    early_stop_patience: int = Field(
+        default=3, ge=1, le=100, description="Sampled epochs without an identity improvement before an early stop."
+    )
+    early_stop_min_delta: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Smallest rise of the live curve's mean identity similarity that counts as an improvement.",
+    )
+    early_stop_min_epochs: int = Field(default=4, ge=1, le=1000, description="Never stop early before this epoch.")
     seed: Seed = Field(default=42, description="Training seed.")
     timestep_sampling: Literal["sigma", "uniform", "sigmoid", "shift", "flux_shift"] = Field(
         default="shift", description="FLUX timestep sampling (sd-scripts' docs recommend shift)."
@@ -318,6 +348,15 @@ class TrainConfig(_Section):
             raise ValueError("must be 1-80 letters, digits, '-' or '_' (it becomes a file name)")
         return value
 
+    @model_validator(mode="after")
+    def _early_stop_needs_samples(self) -> TrainConfig:
+        if self.early_stop != "off" and self.sample_every_n_epochs == 0:
+            raise ValueError(
+                "early_stop = 'identity' judges the sample images of each epoch, but sample_every_n_epochs = 0 "
+                "draws none: set sample_every_n_epochs = 1 (or early_stop = 'off')"
+            )
+        return self
+
 
 DEFAULT_CRITIC_PROMPTS = [
     "reading a book in a sunlit library",
@@ -336,7 +375,11 @@ class CriticConfig(_Section):
         description="Evaluation scenes, not in the training set; the trigger word is inserted automatically.",
     )
     seeds: list[Seed] = Field(default_factory=lambda: [1001, 1002], min_length=1, description="Seeds per prompt.")
-    epochs: Literal["all", "last"] | list[int] = Field(default="all", description="Epochs to score.")
+    epochs: Literal["search", "all", "last"] | list[int] = Field(
+        default="search",
+        description="Epochs to score: `search` starts from the live identity curve's best epochs (or every 4th "
+        "and the last, without one) and scores neighbours until none is better; `all`, `last`, or a list.",
+    )
     lora_scale: float = Field(default=1.0, gt=0, le=2.0, description="LoRA strength for evaluation images.")
     max_retries: int = Field(default=3, ge=0, le=10, description="Retries of a failed image with an adjusted prompt.")
     identity_threshold: float | None = Field(

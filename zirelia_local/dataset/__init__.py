@@ -1,10 +1,19 @@
 """Stage 1, the dataset: plan the persona's images, draw them with FLUX, write kohya captions.
 
 Later stages use only the names below (curation's top-ups draw with `generate_images`; the critic loads the
-generator with `load_generator_pipeline` and builds prompts with `evaluation_prompt`).
+generator with `load_generator_pipeline` and builds prompts with `evaluation_prompt`;
+training and the critic's live judge read the sample prompts from `sample_prompts`).
 """
 
-from zirelia_local.dataset.captions import evaluation_prompt, run_caption, selected_records, write_training_set
+from zirelia_local.dataset.captions import (
+    SamplePrompt,
+    evaluation_prompt,
+    run_caption,
+    sample_prompts,
+    sample_size,
+    selected_records,
+    write_training_set,
+)
 from zirelia_local.dataset.flux import load_generator_pipeline, release_pipeline_memory
 from zirelia_local.dataset.generation import GenerationResult, generate_images, render_batch
 from zirelia_local.dataset.plan import PLAN_NAME, PlannedImage, plan_images
@@ -15,6 +24,7 @@ __all__ = [
     "DatasetResult",
     "GenerationResult",
     "PlannedImage",
+    "SamplePrompt",
     "evaluation_prompt",
     "generate_images",
     "load_generator_pipeline",
@@ -23,6 +33,8 @@ __all__ = [
     "render_batch",
     "run_caption",
     "run_dataset",
+    "sample_prompts",
+    "sample_size",
     "selected_records",
     "write_training_set",
 ]
