@@ -97,8 +97,9 @@ class DatasetConfig(_Section):
     fixed_seed_images: int = Field(
         default=4,
         ge=0,
-        description="The first N images share the base seed (and a front-facing angle) so the identity starts "
-        "from one face; the rest get distinct derived seeds and varied angles.",
+        description="identity = text: the first N images share the base seed (and a front-facing angle) so the "
+        "identity starts from one face; the rest get distinct derived seeds and varied angles. identity = anchor "
+        "ignores it: the anchor is that shared start, and every image has its own seed.",
     )
     lighting: list[NonEmptyStr] = Field(min_length=1, description="Lighting variations.")
     expressions: list[NonEmptyStr] = Field(min_length=1, description="Facial expressions.")
@@ -120,12 +121,51 @@ class DatasetConfig(_Section):
         "there). Fields: those of prompt_template plus {trigger_word} and {caption_class}.",
     )
 
-    @field_validator("prompt_template")
+    identity: Literal["text", "anchor"] = Field(
+        default="text",
+        description="How the images get one face. `text`: FLUX.1-dev draws every image from the prompt and "
+        "curation keeps the largest identity cluster. `anchor`: one portrait (`anchor_image`, or one the "
+        "generator draws) and FLUX.1 Kontext puts that person into every planned scene (docs/dataset.md).",
+    )
+    anchor_image: Path | None = Field(
+        default=None,
+        description="identity = anchor: a photo of the persona (one face, at least [curate] min_face_size px). "
+        "It is checked before anything is drawn, cropped square around the face and copied into the run "
+        "directory. Unset: the generator draws `anchor_candidates` portraits and the best one is kept.",
+    )
+    anchor_candidates: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description="identity = anchor without anchor_image: portraits drawn (base seed first, then derived "
+        "seeds); the one with a single, large, sharp, well-exposed face is the anchor.",
+    )
+    anchor_prompt: NonEmptyStr = Field(
+        default="a photo of {description}, close-up portrait facing the camera, neutral expression, plain light "
+        "grey background, soft even studio lighting",
+        description="Prompt of the drawn anchor portrait. Field: {description}.",
+    )
+    instruction_template: NonEmptyStr = Field(
+        default="Show this same person with the face and identity unchanged ({description}): {expression}, "
+        "wearing {outfit}, {setting}, {lighting}, {angle}",
+        description="identity = anchor: the FLUX.1 Kontext instruction for each planned image, applied to the "
+        "anchor. Fields: those of prompt_template.",
+    )
+
+    @field_validator("prompt_template", "instruction_template")
     @classmethod
     def _known_prompt_fields(cls, value: str) -> str:
         unknown = _template_fields(value) - PROMPT_FIELDS
         if unknown:
             raise ValueError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(PROMPT_FIELDS)}")
+        return value
+
+    @field_validator("anchor_prompt")
+    @classmethod
+    def _anchor_prompt_fields(cls, value: str) -> str:
+        unknown = _template_fields(value) - {"description"}
+        if unknown:
+            raise ValueError(f"unknown field(s) {sorted(unknown)}; allowed: ['description']")
         return value
 
     @field_validator("caption_template")
@@ -140,8 +180,10 @@ class DatasetConfig(_Section):
 
     @model_validator(mode="after")
     def _fixed_within_count(self) -> DatasetConfig:
-        if self.fixed_seed_images > self.count:
+        if self.identity == "text" and self.fixed_seed_images > self.count:  # anchor ignores fixed seeds
             raise ValueError(f"fixed_seed_images ({self.fixed_seed_images}) cannot exceed count ({self.count})")
+        if self.anchor_image is not None and self.identity != "anchor":
+            raise ValueError('anchor_image is set but identity = "text": set identity = "anchor" to use the photo')
         return self
 
 
@@ -176,6 +218,16 @@ class GeneratorConfig(_Section):
         "`bnb_nf4` / `bnb_int8` (bitsandbytes, CUDA only); `auto` picks with `memory = auto`, else `none`.",
     )
     batch_size: int = Field(default=1, ge=1, le=64, description="Images per pipeline call.")
+    kontext_model: NonEmptyStr = Field(
+        default="black-forest-labs/FLUX.1-Kontext-dev",
+        description="[dataset] identity = anchor: the FluxKontextPipeline that draws every image from the anchor. "
+        "Hub id, local diffusers folder, or `builtin:tiny-flux-kontext` (the embedded random test model). "
+        "Loaded with this section's device, dtype, memory and quantization.",
+    )
+    kontext_revision: str | None = Field(default=None, description="Hub revision of kontext_model.")
+    kontext_guidance: float = Field(
+        default=2.5, ge=0.0, le=30.0, description="FLUX.1 Kontext guidance (distilled CFG; 2.5 in its model card)."
+    )
 
     @field_validator("device")
     @classmethod
@@ -221,7 +273,8 @@ class CurateConfig(_Section):
     top_up_rounds: int = Field(default=3, ge=0, le=20, description="Rounds of extra generation to reach the target.")
     reference_images: list[Path] = Field(
         default_factory=list,
-        description="Photos of the persona to use as the identity anchor instead of the largest cluster.",
+        description="Photos of the persona to judge identity by, instead of the largest cluster (or, with "
+        "[dataset] identity = anchor, instead of the anchor's face).",
     )
     device: str = Field(
         default="auto", description="`auto`, `cpu`, `cuda` or `cuda:N` (insightface's onnxruntime provider)."
