@@ -314,11 +314,10 @@ def format_tables(shape: FluxShape, *, rank: int = 32) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, estimate in preset_estimates(shape, rank=rank).items():
-        gib = estimate.gib()
+        gib = {key: value / GIB for key, value in vars(estimate).items()}
         lines.append(
-            f"| {name} | {gib['weights']:.1f} | {(estimate.lora + estimate.optimizer) / GIB:.1f} | "
-            f"{gib['activations']:.1f} | {gib['training']:.1f} | {gib['caching']:.1f} | **{gib['peak']:.1f}** | "
-            f">= {MIN_GIB[name]:g} |"
+            f"| {name} | {gib['weights']:.1f} | {gib['lora'] + gib['optimizer']:.1f} | {gib['activations']:.1f} | "
+            f"{gib['training']:.1f} | {gib['caching']:.1f} | **{estimate.peak / GIB:.1f}** | >= {MIN_GIB[name]:g} |"
         )
     lines += ["", "| published configuration | card | estimated peak (GiB) |", "|---|---|---|"]
     for published in PUBLISHED:
