@@ -88,7 +88,8 @@ def child_main(payload: str) -> int:
         result["figures"] = _measure(section, params)
     except BaseException as error:  # the case failed: say why, in one line and with the traceback on stderr
         traceback.print_exc()
-        result = {"status": "failed", "error": f"{type(error).__name__}: {error}".splitlines()[0][:500]}
+        message = " / ".join(line.strip() for line in f"{type(error).__name__}: {error}".splitlines() if line.strip())
+        result = {"status": "failed", "error": message[:600]}
     result["seconds"] = round(time.perf_counter() - started, 2)
     print(RESULT_MARK + json.dumps(result), flush=True)
     return 0
