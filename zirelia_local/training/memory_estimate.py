@@ -168,10 +168,6 @@ class MemoryEstimate:
     def peak(self) -> int:
         return max(self.training, self.caching)
 
-    def gib(self) -> dict[str, float]:
-        fields = ("weights", "lora", "optimizer", "activations", "text_encoders", "training", "caching", "peak")
-        return {name: round(getattr(self, name) / GIB, 2) for name in fields}
-
 
 def swapped_blocks(shape: FluxShape, blocks_to_swap: int) -> tuple[int, int]:
     """(double, single) blocks sd-scripts keeps on the CPU for `--blocks_to_swap N`."""
