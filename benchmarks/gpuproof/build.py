@@ -5,8 +5,9 @@ text model and the 16-channel VAE directly on the device, seeded, in bf16, with 
 vocabulary sizes, and saves them as a diffusers folder (`FluxPipeline.save_pretrained`: the transformer in
 three 10 GB shards, T5-XXL in one file), so every case goes through the project's real loader. The same
 files serve sd-scripts: its FLUX loader reads a diffusers transformer given the first of three shards, and
-T5-XXL and CLIP-L in transformers' layout; only the VAE needs its BFL layout (`ae.safetensors`), written
-here by `diffusers_vae_to_bfl`. With `--tiny` the builtin tiny model stands in for all of it.
+T5-XXL and CLIP-L in transformers' layout; the VAE needs its BFL layout (`ae.safetensors`), written
+here by `diffusers_vae_to_bfl`, and CLIP-L under the `text_model.` key names of transformers 4.x (sd-scripts'
+pin). With `--tiny` the builtin tiny model stands in for all of it.
 """
 
 from __future__ import annotations
@@ -132,9 +133,10 @@ def diffusers_vae_to_bfl(state: dict[str, Any], num_blocks: int) -> dict[str, An
 
 
 def write_kohya_files(model_dir: Path, out_dir: Path) -> dict[str, str]:
-    """The four files sd-scripts' FLUX trainer takes, from the diffusers folder (only the VAE is rewritten)."""
+    """The four files sd-scripts' FLUX trainer takes, from the diffusers folder: the transformer's shards and
+    T5-XXL as saved; the VAE in BFL layout and CLIP-L with transformers 4.x's key names rewritten (small)."""
     from diffusers import AutoencoderKL
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = sorted((model_dir / "transformer").glob("diffusion_pytorch_model*.safetensors"))
@@ -146,8 +148,13 @@ def write_kohya_files(model_dir: Path, out_dir: Path) -> dict[str, str]:
         vae = AutoencoderKL.from_pretrained(model_dir / "vae")
         bfl = diffusers_vae_to_bfl(vae.state_dict(), len(vae.config.down_block_types))
         save_file({key: value.contiguous() for key, value in bfl.items()}, str(ae))
+    clip_l = out_dir / "clip_l.safetensors"
+    if not clip_l.is_file():
+        # transformers 5 saves CLIPTextModel's keys without the `text_model.` its 4.x (sd-scripts' pin) expects.
+        state = load_file(str(model_dir / "text_encoder" / "model.safetensors"))
+        save_file({k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()}, str(clip_l))
     files = {
-        "clip_l": str(model_dir / "text_encoder" / "model.safetensors"),
+        "clip_l": str(clip_l),
         "t5xxl": str(model_dir / "text_encoder_2" / "model.safetensors"),
         "ae": str(ae),
     }

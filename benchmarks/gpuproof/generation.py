@@ -103,6 +103,9 @@ def timed(draw: Callable[[int], float], params: dict[str, Any], batch: int) -> d
     (s1, t1), (s2, t2) = sorted(timings.items())
     per_step = (t2 - t1) / (s2 - s1)
     fixed = t1 - s1 * per_step
+    how = "line through both timings"
+    if per_step <= 0 or fixed < 0:  # timings too noisy for a line (a busy CPU): scale the longer call instead
+        per_step, fixed, how = t2 / s2, 0.0, "longer call scaled by steps (timings too noisy for a line)"
     call = fixed + steps * per_step
     return {
         "s_per_call": round(call, 3),
@@ -111,6 +114,7 @@ def timed(draw: Callable[[int], float], params: dict[str, Any], batch: int) -> d
         "fixed_s": round(fixed, 3),
         "timed": {str(s): round(t, 3) for s, t in timings.items()},
         "extrapolated": True,
+        "extrapolation": how,
     }
 
 

@@ -26,7 +26,7 @@ def plan(options: Any) -> list[Case]:
     presets = list(PRESETS) if options.full else [options.auto_preset()]
     cases = []
     for preset in presets:
-        for resolution in (512, 1024):
+        for resolution in (1024, 512):  # 1024 first: the size the sienna projection needs
             params = {
                 **options.case_params(),
                 "vram": preset,
