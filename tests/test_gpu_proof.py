@@ -248,7 +248,7 @@ def gpu_cases() -> list[Case]:
     gen = Case(
         "generation",
         "none / none, batch 2",
-        {"memory": "none", "quantization": "none", "batch": 2, "resolution": 1024, "why": "auto on a 80 GB card"},
+        {"memory": "none", "quantization": "none", "batch": 2, "resolution": 1024, "why": "auto on an 80 GB card"},
     )
     gen.status, gen.figures = (
         "ok",

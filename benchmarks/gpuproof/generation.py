@@ -38,7 +38,8 @@ def modes() -> list[tuple[str, str, str]]:
         plan = plan_memory(GeneratorConfig(), torch.device("cuda", 0), total_memory=gib * GIB)
         pair = (plan.memory, plan.quantization)
         if pair not in [(m, q) for m, q, _ in found]:
-            found.append((*pair, f"auto on a {gib} GB card"))
+            article = "an" if str(gib).startswith("8") else "a"
+            found.append((*pair, f"auto on {article} {gib} GB card"))
     memories = [m for m in typing.get_args(MemoryMode) if m != "auto"]
     quantizations = [q for q in typing.get_args(Quantization) if q != "auto"]
     for memory in memories:

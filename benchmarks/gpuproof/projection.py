@@ -81,6 +81,8 @@ def project(
     judge = critic.figures.get("judge_s_per_image") if critic else None
     if judge is not None:
         stages.append(Stage("curation", images * judge / 60, f"{images:g} images x {judge:g} s (the critic's judge)"))
+    else:
+        stages.append(Stage("curation", None, "no judge time measured (the critic's --quick case times it alone)"))
 
     # Training: sienna trains with sd-scripts at the preset auto picks for this card.
     preset_name = preset_name_for_memory(gib)

@@ -138,10 +138,11 @@ def page(info: dict[str, str], cases: list[Case], stages: list[Stage], notes: li
         "(d) Critic",
         "Defaults: 4 prompts x 2 seeds, batch 2, 28 steps, rank-32 LoRA adapter; judge = dlib + ViT-B-32 CLIP "
         "on the CPU.",
-        ["case", "s/image", "draw s/image", "judge s/image", "LoRA load s", *MEMORY_HEADER, "status"],
+        ["case", "images", "s/image", "draw s/image", "judge s/image", "LoRA load s", *MEMORY_HEADER, "status"],
         [
             [
                 c.name,
+                _value(c.figures, "images") if "images" in c.figures else _value(c.figures, "batch"),
                 _value(c.figures, "s_per_image") + (" (extrapolated)" if c.figures.get("extrapolated") else ""),
                 _value(c.figures, "draw_s_per_image"),
                 _value(c.figures, "judge_s_per_image"),
