@@ -172,6 +172,7 @@ def test_three_transformer_shards_give_sd_scripts_the_first(tmp_path):
         (shards / f"diffusion_pytorch_model-0000{index}-of-00003.safetensors").touch()
     (tmp_path / "kohya").mkdir()
     (tmp_path / "kohya" / "ae.safetensors").touch()  # already written: not rebuilt
+    (tmp_path / "kohya" / "clip_l.safetensors").touch()
     files = build.write_kohya_files(tmp_path / "model", tmp_path / "kohya")
     assert files["pretrained_model"].endswith("-00001-of-00003.safetensors")  # sd-scripts then reads all three
 
