@@ -24,6 +24,7 @@ FLOORS: dict[str, int] = {
     # the top: commands that run stages
     "doctor": 9,
     "pipeline": 9,
+    "scale": 9,  # training once per launch, the --num-processes shortcut, many personas
     "cli": 10,
     "train": 10,
     "__main__": 10,

@@ -125,6 +125,9 @@ def _cmd_train(config, args) -> int:
     from zirelia_local.critic import live_judge
     from zirelia_local.training import run_training
 
+    if args.num_processes is not None:
+        config.train.num_processes = args.num_processes
+
     run_training(config, dry_run=args.dry_run, live=None if args.dry_run else live_judge(config))
     return 0
 
@@ -144,11 +147,28 @@ def _cmd_report(config, args) -> int:
     return 0
 
 
-def _cmd_run(config, args) -> int:
-    from zirelia_local.pipeline import run_pipeline
+def _cmd_run(args: argparse.Namespace) -> int:
+    """One persona (here, or under `accelerate launch` with --num-processes), or several in turn."""
+    from zirelia_local.scale import run_launched, run_many
 
-    run_pipeline(config)
-    return 0
+    if len(args.config) > 1:
+        if args.run_dir is not None:
+            raise ConfigError(
+                "--run-dir names one run directory, not one per persona", hint="set [run] dir in each config"
+            )
+        return run_many(args.config, num_processes=args.num_processes, verbose=args.verbose)
+    args.config = args.config[0]
+    if args.num_processes > 1:
+        extra = (["--run-dir", str(args.run_dir)] if args.run_dir else []) + (["-v"] if args.verbose else [])
+        return run_launched(_load(args), args.num_processes, extra)
+
+    def whole_job(config, args) -> int:
+        from zirelia_local.pipeline import run_pipeline
+
+        run_pipeline(config)
+        return 0
+
+    return _locked(args, whole_job)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -179,7 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(action=lambda args: _locked(args, handler))
         return command
 
-    stage("run", "run the whole pipeline (same as python -m zirelia_local.train)", _cmd_run)
+    run_help = "run the whole pipeline (same as python -m zirelia_local.train); several configs run in turn"
+    run = sub.add_parser("run", help=run_help, description=run_help)
+    run.add_argument("config", type=Path, nargs="+", help="the persona's TOML config(s), e.g. configs/sienna.toml")
+    run.add_argument("--run-dir", type=Path, default=None, help="run directory (one config only)")
+    run.add_argument("-v", "--verbose", action="store_true", help="show debug logs of zirelia and the libraries")
+    run.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        help="processes (GPUs) to split the images across: runs the job under accelerate launch (docs/scaling.md)",
+    )
+    run.set_defaults(action=_cmd_run)
     stage("dataset", "plan the dataset, generate the images, write captions", _cmd_dataset)
     curate = stage("curate", "keep the one consistent identity, top up to the target count", _cmd_curate)
     curate.add_argument(
@@ -191,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     stage("caption", "rewrite train_data/, dataset.toml and sample_prompts.txt from the manifest", _cmd_caption)
     train = stage("train", "train the LoRA (kohya sd-scripts or the diffusers backend)", _cmd_train)
     train.add_argument("--dry-run", action="store_true", help="print the training command and exit")
+    train.add_argument(
+        "--num-processes", type=int, default=None, help="override [train] num_processes (accelerate --num_processes)"
+    )
     stage("critic", "score every saved epoch, retry failures, pick the best", _cmd_critic)
     stage("report", "write the HTML report of the run", _cmd_report)
 

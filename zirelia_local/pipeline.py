@@ -10,12 +10,13 @@ from zirelia_local.common.console import console, info
 
 def run_pipeline(config: ZireliaConfig) -> Path:
     """dataset -> curate -> train -> critic -> report; returns the report's path."""
-    from zirelia_local.critic import live_judge, run_critic
+    from zirelia_local.common.processes import is_main_process
+    from zirelia_local.critic import run_critic
     from zirelia_local.curate import run_curate
     from zirelia_local.dataset import run_dataset
     from zirelia_local.dataset.flux import release_pipeline_memory
     from zirelia_local.report import write_report
-    from zirelia_local.training import run_training
+    from zirelia_local.scale import train_once
 
     console.rule(f"[bold]{config.persona.name}[/bold] ({config.persona.trigger_word}) -> {config.run_dir}")
     console.rule("1/5 dataset: plan, generate, caption")
@@ -26,10 +27,10 @@ def run_pipeline(config: ZireliaConfig) -> Path:
     del dataset
     release_pipeline_memory()
     console.rule(f"3/5 train: LoRA ({config.train.backend} backend)")
-    run_training(config, live=live_judge(config))  # the critic's checks judge each epoch's samples as they appear
+    train_once(config)  # the critic's checks judge each epoch's samples as they appear; once per launch
     console.rule("4/5 critic: score the epochs, pick the best")
     run_critic(config)
     console.rule("5/5 report")
-    report = write_report(config)
+    report = write_report(config) if is_main_process() else config.run_dir / "report" / "index.html"
     info(f"[bold]done.[/bold] report: {report}")
     return report

@@ -24,6 +24,11 @@ class Manifest:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / MANIFEST_NAME
         self._records: dict[str, dict[str, Any]] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the file again (another process of the launch has saved it), dropping unsaved changes."""
+        self._records = {}
         if self.path.exists():
             for record in read_jsonl(self.path):
                 self._records[record["id"]] = record

@@ -11,6 +11,7 @@ from pathlib import Path
 from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import atomic_write_bytes, remove_stale_temp_files
+from zirelia_local.common.processes import LOCK_HELD_ENV, is_main_process, wait_for_everyone
 
 LOCK_NAME = ".lock"
 CONFIG_SNAPSHOT = "config.toml"
@@ -23,7 +24,7 @@ def prepare_run_dir(config: ZireliaConfig) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ZireliaError(f"cannot create the run directory {run_dir}: {error.strerror}") from None
-    if config.source is not None and config.source.is_file():
+    if config.source is not None and config.source.is_file() and is_main_process():
         from zirelia_local.common.security import redact_toml
 
         atomic_write_bytes(run_dir / CONFIG_SNAPSHOT, redact_toml(config.source.read_text(encoding="utf-8")).encode())
@@ -32,8 +33,20 @@ def prepare_run_dir(config: ZireliaConfig) -> Path:
 
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the run directory; a second process on the same run fails at once."""
+    """Hold an exclusive lock on the run directory; a second process on the same run fails at once.
+
+    Under a launch of several processes (`common/processes.py`) the main process holds the lock for them
+    all: the others wait until it has it (and has swept what a killed run left), then work beside it. A child
+    the main process starts under its lock (`LOCK_HELD_ENV` names the run directory) takes none.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
+    if os.environ.get(LOCK_HELD_ENV) == str(run_dir.resolve()):
+        yield
+        return
+    if not is_main_process():
+        wait_for_everyone()  # the main process has the lock, or failed to get it and ended the launch
+        yield
+        return
     fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -47,6 +60,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.write(fd, f"{os.getpid()}\n".encode())
         # No other writer can be at work now: whatever a killed run left half-written goes.
         remove_stale_temp_files(run_dir, recursive=True)
+        wait_for_everyone()
         yield
     finally:
         os.close(fd)

@@ -89,7 +89,14 @@ def draw_and_judge(
                             advance(1, status=verdict.summary[:40])
             _log_round(label, pending, records, retries, config.critic.max_retries)
             pending = retries
-    return records
+    return in_item_order(records, items)
+
+
+def in_item_order(records: list[dict[str, Any]], items: list[EvaluationItem]) -> list[dict[str, Any]]:
+    """Records by attempt number, then in the order of `items`: the same order whichever process drew which
+    item (a retry round's batches otherwise follow the LoRA scales it was drawn at)."""
+    position = {item.key: index for index, item in enumerate(items)}
+    return sorted(records, key=lambda record: (record["attempt"], position.get(record["item"], len(position))))
 
 
 def attempt_record(

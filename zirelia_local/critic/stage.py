@@ -41,8 +41,9 @@ from zirelia_local.common.files import (
     sha256_file,
     write_jsonl,
 )
+from zirelia_local.common.processes import broadcast_json, gather_json, is_main_process, share_of, wait_for_everyone
 from zirelia_local.common.security import redact
-from zirelia_local.critic.attempts import EvaluationItem, draw_and_judge
+from zirelia_local.critic.attempts import EvaluationItem, draw_and_judge, in_item_order
 from zirelia_local.critic.judge import Critic
 from zirelia_local.critic.renderers import (
     EvaluationRenderer,
@@ -174,9 +175,11 @@ def evaluate_epoch(
     """Draw and judge every evaluation item with this epoch's LoRA, retrying rejected ones; attempt records."""
     run_dir = config.run_dir
     folder = epoch_dir(run_dir, epoch)
-    if folder.exists():
-        shutil.rmtree(folder)  # stale attempts of an older LoRA or other settings
-    folder.mkdir(parents=True)
+    if is_main_process():
+        if folder.exists():
+            shutil.rmtree(folder)  # stale attempts of an older LoRA or other settings
+        folder.mkdir(parents=True)
+    wait_for_everyone()
     lora_name = os.path.relpath(lora, run_dir)
 
     def save(item: EvaluationItem, attempt: Attempt, prompt: str, image: Any, scale: float) -> str:
@@ -188,9 +191,13 @@ def evaluate_epoch(
     renderer.load_lora(lora, epoch)
     try:
         fields = {"epoch": epoch, "lora": lora_name}
-        return draw_and_judge(
-            renderer, critic, config, items, save, label=f"critic epoch {epoch}", record_fields=fields
+        # Under a launch each process draws and judges its share (whole batches of first attempts) and its
+        # retries; every process then holds all records, in the order one process makes them.
+        mine = share_of(items, unit=config.generator.batch_size)
+        records = draw_and_judge(
+            renderer, critic, config, mine, save, label=f"critic epoch {epoch}", record_fields=fields
         )
+        return in_item_order([record for part in gather_json(records) for record in part], items)
     finally:
         renderer.unload_lora()
 
@@ -230,17 +237,19 @@ def run_critic(config: ZireliaConfig, *, renderer: EvaluationRenderer | None = N
         lora = files[epoch]
         key = _epoch_key(config, lora, critic)
         folder_of_epoch = epoch_dir(run_dir, epoch)
-        records = _cached_records(folder_of_epoch, key, run_dir)
+        # The main process's answer: every process must take the same path through the epochs.
+        records = broadcast_json(_cached_records(folder_of_epoch, key, run_dir) if is_main_process() else None)
         if records is not None:
             info(
                 escape(f"epoch {epoch}: already judged with these settings ({folder_of_epoch / RESULTS_NAME}), reused")
             )
         else:
             records = evaluate_epoch(renderer, critic, config, epoch, lora, items)
-            atomic_write_json(
-                folder_of_epoch / RESULTS_NAME,
-                {"key": key, "epoch": epoch, "lora": os.path.relpath(lora, run_dir), "attempts": records},
-            )
+            if is_main_process():
+                atomic_write_json(
+                    folder_of_epoch / RESULTS_NAME,
+                    {"key": key, "epoch": epoch, "lora": os.path.relpath(lora, run_dir), "attempts": records},
+                )
         records_of[epoch] = records
         return summarize_epoch(epoch, records)
 
@@ -254,8 +263,10 @@ def run_critic(config: ZireliaConfig, *, renderer: EvaluationRenderer | None = N
     table = sorted(scored, key=lambda row: row.epoch)
     all_records = [record for row in table for record in records_of[row.epoch]]
     critic_dir = run_dir / CRITIC_DIR
-    scores_file = write_jsonl(critic_dir / SCORES_NAME, all_records)
     selection = select_epoch(table, max_clip_drop=config.critic.max_clip_drop)
+    if not is_main_process():  # the main process of a launch writes the results
+        return CriticResult(selection, table, None, critic_dir / SCORES_NAME, critic_dir / SELECTION_NAME)
+    scores_file = write_jsonl(critic_dir / SCORES_NAME, all_records)
     best_file = None
     if selection.epoch is not None:
         best_file = run_dir / BEST_NAME

@@ -37,12 +37,19 @@ from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.console import info, warn
 from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.manifest import Manifest
+from zirelia_local.common.processes import is_distributed, is_main_process
 from zirelia_local.common.rundir import prepare_run_dir
 from zirelia_local.curate.cohesion import Cohesion, identity_cohesion
 from zirelia_local.curate.inputs import INPUT_ORIGIN, generated_records, import_images
 from zirelia_local.curate.outputs import shortfall_error, write_outputs
 from zirelia_local.curate.scan import FaceCache, scan_faces
-from zirelia_local.curate.topup import TopUpGenerator, finish_interrupted_top_up, run_top_up_round
+from zirelia_local.curate.topup import (
+    TopUpGenerator,
+    end_top_ups,
+    finish_interrupted_top_up,
+    follow_top_ups,
+    run_top_up_round,
+)
 from zirelia_local.curate.verdicts import (
     REASON_OK,
     REASON_TEXT,
@@ -93,11 +100,30 @@ def run_curate(
     *,
     embedder: FaceEmbedder | None = None,
     pipe: Any = None,
-) -> CurateResult:
+) -> CurateResult | None:
     """Curate the generated set (or the images in `images_dir`) down to one identity; see the module doc.
 
-    `embedder` and `pipe` reuse an already loaded face embedder or FLUX pipeline (tests, notebooks).
+    `embedder` and `pipe` reuse an already loaded face embedder or FLUX pipeline (tests, notebooks). Under a
+    launch of several processes the main process curates (faces are judged there: a few milliseconds an
+    image) and the others draw their share of each top-up round with it; they return None.
     """
+    if not is_distributed():
+        return _curate(config, images_dir, embedder=embedder, pipe=pipe)
+    if not is_main_process():
+        follow_top_ups(config, prepare_run_dir(config), pipe)
+        return None
+    try:
+        result = _curate(config, images_dir, embedder=embedder, pipe=pipe)
+    except BaseException:
+        end_top_ups(failed=True)
+        raise
+    end_top_ups(failed=False)
+    return result
+
+
+def _curate(
+    config: ZireliaConfig, images_dir: Path | None, *, embedder: FaceEmbedder | None, pipe: Any
+) -> CurateResult:
     curate = config.curate
     run_dir = prepare_run_dir(config)
     skipped: list[Decision] = []

@@ -10,8 +10,10 @@ from typing import Any
 
 from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.console import info
+from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import read_jsonl, write_jsonl
 from zirelia_local.common.manifest import Manifest
+from zirelia_local.common.processes import broadcast_json, is_main_process
 from zirelia_local.dataset import PLAN_NAME, PlannedImage, generate_images, load_dataset_pipeline, plan_images
 
 # A top-up round asks for (missing / acceptance rate so far) images, the rate floored at 25% so a run that
@@ -42,11 +44,43 @@ class TopUpGenerator:
         self.pipe = pipe
 
     def generate(self, run_dir: Path, manifest: Manifest, entries: Sequence[PlannedImage], round_index: int) -> None:
-        """Add `entries` to the run's plan and draw them into the manifest as round `round_index`."""
+        """Add `entries` to the run's plan and draw them into the manifest as round `round_index`.
+
+        Under a launch of several processes the main process calls this, and the others (in `follow_top_ups`)
+        draw their share beside it.
+        """
+        broadcast_json({"indices": [entry.index for entry in entries], "round": round_index})
         if self.pipe is None:
             self.pipe = load_dataset_pipeline(self.config, "for top-up generation")
-        _append_plan(run_dir, entries)
+        if is_main_process():
+            _append_plan(run_dir, entries)
         generate_images(self.config, run_dir, entries, manifest, round_index=round_index, pipe=self.pipe)
+
+
+def end_top_ups(*, failed: bool) -> None:
+    """The main process tells the others of the launch that curation is over (or has failed)."""
+    broadcast_json({"end": "failed" if failed else "done"})
+
+
+def follow_top_ups(config: ZireliaConfig, run_dir: Path, pipe: Any = None) -> None:
+    """The other processes of a launch: draw a share of every top-up round the main process announces."""
+    generator = TopUpGenerator(config, pipe)
+    while True:
+        order = broadcast_json(None)
+        if "end" in order:
+            if order["end"] == "failed":
+                raise ZireliaError("curation stopped on the main process", hint="its error is printed above")
+            return
+        wanted = set(order["indices"])
+        first, last = min(wanted), max(wanted)
+        entries = [
+            entry
+            for entry in plan_images(config.persona, config.dataset, start=first, count=last - first + 1)
+            if entry.index in wanted
+        ]
+        if generator.pipe is None:
+            generator.pipe = load_dataset_pipeline(config, "for top-up generation")
+        generate_images(config, run_dir, entries, Manifest(run_dir), round_index=order["round"], pipe=generator.pipe)
 
 
 def finish_interrupted_top_up(

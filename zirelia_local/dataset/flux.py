@@ -36,6 +36,10 @@ def resolve_device(spec: str) -> torch.device:
     """`auto` takes accelerate's choice (CUDA, then MPS, then CPU); an explicit device must exist."""
     import torch
 
+    from zirelia_local.common.processes import is_distributed, process_device
+
+    if is_distributed() and spec in ("auto", "cuda"):
+        return process_device()  # one device per process of the launch: cuda:<local rank>
     if spec == "auto":
         from accelerate import PartialState
 

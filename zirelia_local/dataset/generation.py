@@ -23,8 +23,18 @@ from zirelia_local.common.console import info, progress_bar
 from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import atomic_write_bytes, png_bytes, remove_stale_temp_files, sha256_bytes
 from zirelia_local.common.manifest import Manifest
+from zirelia_local.common.processes import (
+    broadcast_json,
+    gather_json,
+    is_distributed,
+    is_main_process,
+    process_index,
+    share_of,
+    wait_for_everyone,
+)
 from zirelia_local.dataset.anchor import Anchor, require_anchor
 from zirelia_local.dataset.plan import PlannedImage
+from zirelia_local.dataset.shards import ShardWriter, adopt_shards, remove_shards
 
 if TYPE_CHECKING:
     from diffusers import FluxPipeline
@@ -128,17 +138,64 @@ def generate_images(
     round_index: int = 0,
     pipe: FluxPipeline | None = None,
 ) -> GenerationResult:
-    """Generate every entry not already verified on disk; returns what was generated and skipped."""
+    """Generate every entry not already verified on disk; returns what was generated and skipped.
+
+    Under a launch of several processes every process calls this with the same entries: the main process
+    decides what is left to draw, each process draws its share of whole batches (`common/processes.py`)
+    and records it in its own shard, and the main process merges the shards into the manifest
+    (`dataset/shards.py`); `generated` then names every process's images, in plan order.
+    """
     run_dir = Path(run_dir)
-    remove_stale_temp_files(run_dir / IMAGES_DIR)
-    remove_stale_temp_files(run_dir)
     anchor = require_anchor(run_dir) if config.dataset.identity == "anchor" else None
-    pending: list[PlannedImage] = []
-    skipped: list[str] = []
+    wait_for_everyone()  # no process draws while the main process sweeps and plans
+    pending_ids: list[str] = []
+    if is_main_process():
+        remove_stale_temp_files(run_dir / IMAGES_DIR)
+        remove_stale_temp_files(run_dir)
+        adopted = adopt_shards(manifest)  # what a killed launch's processes drew before they died
+        if adopted:
+            info(f"{adopted} image(s) drawn by an interrupted launch kept")
+        pending_ids = _plan_pending(config, entries, manifest, round_index, anchor)
+        manifest.save()
+        remove_shards(run_dir)
+    pending_ids = broadcast_json(pending_ids)
+    if not is_main_process():
+        manifest.reload()
+    wanted = set(pending_ids)
+    pending = [entry for entry in entries if entry.id in wanted]
+    skipped = [entry.id for entry in entries if entry.id not in wanted]
+    if not pending:
+        return GenerationResult(generated=[], skipped=skipped, seconds=0.0, pipe=pipe)
+    mine = share_of(pending, unit=config.generator.batch_size)
+    shard = ShardWriter(run_dir, process_index()) if is_distributed() else None
+    started = time.perf_counter()
+    generated: list[str] = []
+    if mine:
+        pipe, generated = _draw(config, run_dir, mine, manifest, round_index, anchor, pipe, shard)
+    if shard is not None:
+        drawn = {image_id for ids in gather_json(generated) for image_id in ids}
+        generated = [entry.id for entry in pending if entry.id in drawn]
+        if is_main_process():
+            adopt_shards(manifest)
+            manifest.save()
+            remove_shards(run_dir)
+        wait_for_everyone()
+        manifest.reload()
+    return GenerationResult(generated=generated, skipped=skipped, seconds=time.perf_counter() - started, pipe=pipe)
+
+
+def _plan_pending(
+    config: ZireliaConfig,
+    entries: Sequence[PlannedImage],
+    manifest: Manifest,
+    round_index: int,
+    anchor: Anchor | None,
+) -> list[str]:
+    """Record every entry not verified on disk as planned (not saved); their ids."""
+    pending: list[str] = []
     for entry in entries:
         existing = manifest.get(entry.id)
         if manifest.is_verified(entry.id) and existing is not None and _made_as_planned(existing, anchor):
-            skipped.append(entry.id)
             continue
         if existing and existing.get("status") == "generated":
             why = "is missing or does not match its sha256"
@@ -147,11 +204,21 @@ def generate_images(
             info(f"[yellow]{existing['file']} {why}: regenerating[/yellow]")
         round_of = existing.get("round", round_index) if existing else round_index
         manifest.upsert(image_record(entry, config, round_of, anchor))
-        pending.append(entry)
-    manifest.save()
-    if not pending:
-        return GenerationResult(generated=[], skipped=skipped, seconds=0.0)
+        pending.append(entry.id)
+    return pending
 
+
+def _draw(
+    config: ZireliaConfig,
+    run_dir: Path,
+    pending: Sequence[PlannedImage],
+    manifest: Manifest,
+    round_index: int,
+    anchor: Anchor | None,
+    pipe: Any,
+    shard: ShardWriter | None,
+) -> tuple[Any, list[str]]:
+    """Draw `pending` in batches, each saved as it is done (in the manifest, or in this process's shard)."""
     if pipe is None:
         from zirelia_local.dataset.flux import load_dataset_pipeline
 
@@ -167,7 +234,6 @@ def generate_images(
 
     generated: list[str] = []
     batch_size = config.generator.batch_size
-    started = time.perf_counter()
     with progress_bar("generating", total=len(pending), unit="img") as advance:
         for offset in range(0, len(pending), batch_size):
             batch = pending[offset : offset + batch_size]
@@ -176,17 +242,21 @@ def generate_images(
                 record = manifest.get(entry.id) or image_record(entry, config, round_index, anchor)
                 data = png_bytes(image, {"prompt": entry.prompt, "seed": str(entry.seed), "model": record["model"]})
                 atomic_write_bytes(run_dir / record["file"], data)
-                manifest.upsert(
-                    {
-                        "id": entry.id,
-                        "status": "generated",
-                        "sha256": sha256_bytes(data),
-                        "width": image.width,
-                        "height": image.height,
-                    }
-                )
+                drawn = {
+                    "id": entry.id,
+                    "status": "generated",
+                    "sha256": sha256_bytes(data),
+                    "width": image.width,
+                    "height": image.height,
+                }
+                manifest.upsert(drawn)
+                if shard is not None:
+                    shard.add(drawn)
                 generated.append(entry.id)
-            # The manifest is saved after the files it describes: a kill in between only costs a rerender.
-            manifest.save()
+            # Saved after the files it describes: a kill in between only costs a rerender.
+            if shard is not None:
+                shard.save()
+            else:
+                manifest.save()
             advance(len(batch))
-    return GenerationResult(generated=generated, skipped=skipped, seconds=time.perf_counter() - started, pipe=pipe)
+    return pipe, generated

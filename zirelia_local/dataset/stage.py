@@ -9,8 +9,16 @@ from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.console import info
 from zirelia_local.common.files import write_jsonl
 from zirelia_local.common.manifest import Manifest
+from zirelia_local.common.processes import broadcast_json, is_main_process, wait_for_everyone
 from zirelia_local.common.rundir import prepare_run_dir
-from zirelia_local.dataset.anchor import Anchor, anchor_from_photo, anchor_photo_path, photo_key, reusable_anchor
+from zirelia_local.dataset.anchor import (
+    Anchor,
+    anchor_from_photo,
+    anchor_photo_path,
+    photo_key,
+    require_anchor,
+    reusable_anchor,
+)
 from zirelia_local.dataset.captions import TrainingSet, write_training_set
 from zirelia_local.dataset.generation import GenerationResult, generate_images
 from zirelia_local.dataset.plan import PLAN_NAME, plan_images
@@ -59,7 +67,12 @@ def run_dataset(config: ZireliaConfig, *, embedder: FaceEmbedder | None = None) 
     `[dataset] identity = "anchor"` the anchor portrait is made first (`embedder`, if given, checks its face).
     """
     run_dir = prepare_run_dir(config)
-    anchor = ensure_anchor(config, run_dir, embedder=embedder) if config.dataset.identity == "anchor" else None
+    anchor = None
+    if config.dataset.identity == "anchor":
+        # One portrait for the whole launch: the main process makes it, the others read it.
+        anchor = ensure_anchor(config, run_dir, embedder=embedder) if is_main_process() else None
+        wait_for_everyone()
+        anchor = anchor or require_anchor(run_dir)
     entries = plan_images(config.persona, config.dataset)
     manifest = Manifest(run_dir)
     # Keep entries that earlier top-up rounds added beyond the first `count`.
@@ -73,7 +86,8 @@ def run_dataset(config: ZireliaConfig, *, embedder: FaceEmbedder | None = None) 
             count=max(r["index"] for r in extra) + 1 - config.dataset.count,
         )
         plan_records += [e.to_record() for e in extra_entries]
-    write_jsonl(run_dir / PLAN_NAME, plan_records)
+    if is_main_process():
+        write_jsonl(run_dir / PLAN_NAME, plan_records)
 
     result = generate_images(config, run_dir, entries, manifest)
     if result.generated:
@@ -83,7 +97,16 @@ def run_dataset(config: ZireliaConfig, *, embedder: FaceEmbedder | None = None) 
         )
     else:
         info(f"all {len(result.skipped)} planned image(s) already generated and verified")
-    training_set = write_training_set(config, run_dir)
+    written = write_training_set(config, run_dir) if is_main_process() else None
+    shared = broadcast_json(  # the other processes of a launch learn what the main process wrote
+        None if written is None else {**{k: str(v) for k, v in vars(written).items()}, "image_ids": written.image_ids}
+    )
+    training_set = written or TrainingSet(
+        folder=Path(shared["folder"]),
+        dataset_toml=Path(shared["dataset_toml"]),
+        sample_prompts=Path(shared["sample_prompts"]),
+        image_ids=list(shared["image_ids"]),
+    )
     info(
         f"captions: {len(training_set.image_ids)} image(s) in {training_set.folder}, "
         f"{training_set.dataset_toml.name}, {training_set.sample_prompts.name}"
