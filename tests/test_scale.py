@@ -39,7 +39,7 @@ def launch(args: list[str], processes: int = 2) -> list[str]:
         "accelerate.commands.launch",
         "--num_processes",
         str(processes),
-        "--cpu",
+        "--multi_gpu",  # torchrun; ACCELERATE_USE_CPU (LAUNCH_ENV) makes them CPU processes on gloo
         "--num_machines",
         "1",
         "--mixed_precision",
@@ -50,6 +50,9 @@ def launch(args: list[str], processes: int = 2) -> list[str]:
         "1",
         *args,
     ]
+
+
+LAUNCH_ENV = {"ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": "", "COLUMNS": "250"}
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -83,12 +86,12 @@ def test_a_child_of_the_launch_gets_no_ranks_and_the_shortcut_launches_on_the_cp
     env = single_process_env({"RANK": "1", "WORLD_SIZE": "2", "MASTER_PORT": "1", "ACCELERATE_USE_CPU": "1", "X": "y"})
     assert env == {"X": "y"}
     argv = launch_argv(tmp_path / "a.toml", 2, cpu=True)
-    assert argv[1:3] == ["-m", "accelerate.commands.launch"] and "--cpu" in argv and "--multi_gpu" not in argv
+    assert argv[1:3] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" in argv
     assert argv[argv.index("--num_processes") + 1] == "2" and argv[-2:] == [
         "zirelia_local.train",
         str(tmp_path / "a.toml"),
     ]
-    assert "--multi_gpu" in launch_argv(tmp_path / "a.toml", 2, cpu=False)
+    assert "--cpu" in launch_argv(tmp_path / "a.toml", 1, cpu=True)
 
 
 def test_several_configs_take_no_single_run_dir(tmp_path):
@@ -102,9 +105,9 @@ def test_two_processes_leave_the_run_directory_one_process_leaves(tmp_path):
     two = small_config(tmp_path, "two")
     single = run_cli(["-m", "zirelia_local.train", str(one)], env={"OMP_NUM_THREADS": "1"}, timeout=900)
     assert single.returncode == 0, single.stderr[-3000:]
-    launched = run_cli(launch(["-m", "zirelia_local.train", str(two)]), timeout=900)
+    launched = run_cli(launch(["-m", "zirelia_local.train", str(two)]), env=LAUNCH_ENV, timeout=900)
     assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
-    assert launched.stderr.count("training once for the launch's processes") == 1
+    assert launched.stderr.count("training once for the launch") == 1
 
     first, second = tmp_path / "one", tmp_path / "two"
     # Same images byte for byte (4 drawn, 2 per process), the same manifest rows in plan order, captions.
@@ -153,7 +156,7 @@ def _rank_pid(launcher: int, rank: str) -> int | None:
 def test_a_process_killed_mid_dataset_then_a_rerun_completes_without_drawing_twice(tmp_path):
     config = small_config(tmp_path, "killed", count=8)
     run_dir = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO))}
+    env = {**os.environ, **LAUNCH_ENV, "PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO))}
     process = subprocess.Popen(
         [sys.executable, *launch(["-m", "zirelia_local", "dataset", str(config)])],
         cwd=REPO,

@@ -64,10 +64,10 @@ def _train_in_child(config: ZireliaConfig) -> str | None:
 def launch_argv(config_path: Path, num_processes: int, *, cpu: bool, extra: Sequence[str] = ()) -> list[str]:
     """`accelerate launch` of the whole job on `num_processes` processes of this machine (the shortcut)."""
     flags = ["--num_processes", str(num_processes), "--num_machines", "1", "--dynamo_backend", "no"]
-    if cpu:
+    if num_processes > 1:
+        flags.append("--multi_gpu")  # torchrun; on the CPU with ACCELERATE_USE_CPU (run_launched), gloo
+    elif cpu:
         flags.append("--cpu")
-    elif num_processes > 1:
-        flags.append("--multi_gpu")
     return [
         sys.executable,
         "-m",
@@ -87,7 +87,8 @@ def run_launched(config: ZireliaConfig, num_processes: int, extra: Sequence[str]
     cpu = config.generator.device == "cpu"
     argv = launch_argv(config.source, num_processes, cpu=cpu, extra=extra)
     info(f"launching {num_processes} processes: accelerate launch {' '.join(argv[3:])}")
-    return subprocess.run(argv, env=single_process_env(), check=False).returncode
+    env = single_process_env() | ({"ACCELERATE_USE_CPU": "true"} if cpu else {})
+    return subprocess.run(argv, env=env, check=False).returncode
 
 
 @dataclass

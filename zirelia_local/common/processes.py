@@ -42,11 +42,16 @@ def is_distributed() -> bool:
 
 
 def _state() -> Any:
+    import torch
     from accelerate import PartialState
 
     hours = float(os.environ.get(WAIT_TIMEOUT_ENV, DEFAULT_WAIT_HOURS))
+    # Processes on the CPU meet through gloo: asked for (ACCELERATE_USE_CPU), or where no GPU is visible.
+    # (`accelerate launch --cpu` starts one process unless given an MPI host file; a CPU launch of several is
+    # `accelerate launch --multi_gpu` with ACCELERATE_USE_CPU=true, which the shortcut writes.)
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
     # The first call makes the state (and the process group); later calls share it (accelerate's shared state).
-    return PartialState(timeout=timedelta(hours=hours))
+    return PartialState(cpu=cpu, timeout=timedelta(hours=hours))
 
 
 def process_index() -> int:
