@@ -12,6 +12,7 @@ from zirelia_local.common.contact_sheet import SheetItem, contact_sheet
 from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import atomic_write_json, write_jsonl
 from zirelia_local.common.manifest import Manifest
+from zirelia_local.common.paths import display_path
 from zirelia_local.curate.verdicts import REASON_OK, REASON_TEXT, Decision
 from zirelia_local.dataset import write_training_set
 from zirelia_local.faces.identity import IDENTITY_NAME, ReferenceIdentity, save_identity
@@ -25,11 +26,13 @@ CONTACT_SHEET = "contact_sheet.png"
 
 
 def _label(decision: Decision) -> str:
-    """A thumbnail's caption: the image, its distance, and the verdict with its reason."""
-    name = decision.id or Path(decision.file).name
+    """A thumbnail's caption: the image, its distance, the verdict with its reason, and why an unreadable
+    image was refused. A file name is shown escaped (a newline in it must not add a line)."""
+    name = decision.id or display_path(Path(decision.file).name)
     distance = "" if decision.distance is None else f" d={decision.distance:.2f}"
     verdict = "kept" if decision.kept else "rejected"
-    return f"{name}{distance}\n{verdict}: {REASON_TEXT[decision.reason]}"
+    label = f"{name}{distance}\n{verdict}: {REASON_TEXT[decision.reason]}"
+    return label + (f"\n{decision.detail}" if decision.detail else "")
 
 
 def _write_contact_sheet(config: ZireliaConfig, run_dir: Path, result: CurateResult) -> Path:

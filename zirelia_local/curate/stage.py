@@ -49,6 +49,7 @@ from zirelia_local.curate.verdicts import (
     Decision,
     IdentityChoice,
     anchor_identity,
+    check_reference_images,
     count_reasons,
     decide,
     reference_identity,
@@ -100,6 +101,8 @@ def run_curate(
     """
     curate = config.curate
     run_dir = prepare_run_dir(config)
+    if curate.reference_images:
+        check_reference_images(curate.reference_images)  # before the import and the embedder: fail fast
     skipped: list[Decision] = []
     if images_dir is not None:
         manifest, skipped = import_images(config, run_dir, Path(images_dir))
@@ -136,9 +139,10 @@ def run_curate(
         f"curating {len(records)} image(s) with {embedder.name} (same person: distance <= {threshold:.2f}), "
         f"mode {curate.mode}, target {target}"
     )
+    refused: dict[str, str] = {}
     while True:
-        faces = scan_faces(embedder, [(r["sha256"], run_dir / r["file"]) for r in records], cache)
-        decisions, identity = decide(embedder, records, faces, curate, threshold, anchor)
+        faces = scan_faces(embedder, [(r["sha256"], run_dir / r["file"]) for r in records], cache, refused)
+        decisions, identity = decide(embedder, records, faces, curate, threshold, anchor, refused)
         passing = sum(1 for decision in decisions if decision.reason == REASON_OK)
         rounds_done = max((int(r.get("round", 0)) for r in records), default=0)
         if not can_top_up or passing >= target or rounds_done >= curate.top_up_rounds:

@@ -19,6 +19,7 @@ from pathlib import Path
 from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import atomic_write_json, atomic_write_text
+from zirelia_local.common.paths import display_path, path_problem
 from zirelia_local.training.diagnose import FailureContext, diagnose_failure
 from zirelia_local.training.kohya_command import (
     PLACEHOLDER_SD_SCRIPTS,
@@ -172,8 +173,12 @@ def _check_setup(config: ZireliaConfig, *, dry_run: bool, script: Path | None) -
     folder = sd_scripts if sd_scripts is not None else PLACEHOLDER_SD_SCRIPTS
     python = find_python(config, sd_scripts)
     trainer = absolute(script) if script is not None else folder / SCRIPTS[model_type]
-    if not python.is_file():
-        problem(f"sd-scripts' Python {python} does not exist", "set [train] python to sd-scripts' venv interpreter")
+    python_problem = path_problem(python, "file")
+    if python_problem is not None:
+        problem(
+            f"sd-scripts' Python {display_path(python)} {python_problem}",
+            "set [train] python to sd-scripts' venv interpreter",
+        )
 
     missing = model_file_problems(config)
     if missing and dry_run:
