@@ -135,6 +135,17 @@ def open_image(path: str | os.PathLike[str]) -> Any:
         return ImageOps.exif_transpose(opened).convert("RGB")
 
 
+def png_text(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The text chunks of an image file (our PNGs record prompt, seed and model there), after the same checks
+    as `open_image`, the pixels decoded too so a file still being written is refused."""
+    from PIL import Image
+
+    with _refusals(path), Image.open(path) as opened:
+        _check_size(path, opened.size)
+        opened.load()
+        return dict(getattr(opened, "text", {}) or {})
+
+
 def load_rgb(image: Any) -> np.ndarray:
     """RGB uint8 array (H, W, 3), C-contiguous, from a path (through `open_image`), a PIL image or an array."""
     from PIL import Image
