@@ -51,11 +51,10 @@ from zirelia_local.training.live_identity import (
     start_live_curve,
 )
 from zirelia_local.training.messages import info, warn
-from zirelia_local.training.outputs import epoch_lora_files, read_epoch, train_dir
+from zirelia_local.training.outputs import TrainingResult, epoch_lora_files, read_epoch, train_dir
 from zirelia_local.training.presets import PresetChoice, choose_preset, detect_local_gpus, report_choice
 from zirelia_local.training.resume import SavedState, list_states, newest_state
 from zirelia_local.training.runner import Interrupted, run_streaming
-from zirelia_local.training.stage import TrainingResult
 
 LOG_FILE = "train.log"
 METRICS_FILE = "metrics.jsonl"
