@@ -16,8 +16,9 @@ from pathlib import Path
 
 from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.errors import ZireliaError
-from zirelia_local.training.kohya_command import absolute, looks_like_hub_id, model_paths
+from zirelia_local.training.kohya_command import absolute, looks_like_hub_id
 from zirelia_local.training.kohya_flags import SCRIPTS
+from zirelia_local.training.model_files import resolve_model_files
 from zirelia_local.training.presets import GpuInfo
 
 #: Modules sd-scripts imports at start (its requirements.txt, plus its own `library` package), and
@@ -191,10 +192,14 @@ _MODEL_HINTS = {
 
 
 def model_file_problems(config: ZireliaConfig) -> list[str]:
-    """One line per model input that is unset, missing or a truncated safetensors file."""
+    """One line per model input that is unset, not found, or a truncated safetensors file."""
     problems = []
-    for key, value in model_paths(config).items():
+    for key, file in resolve_model_files(config).items():
         where = f"[train] {key}"
+        if file.auto and file.problem is not None:
+            problems.append(f'{where} = "auto": {file.problem}; {file.fix}')
+            continue
+        value = file.value
         if value is None:
             hint = (
                 _MODEL_HINTS.get(key, "a checkpoint file or diffusers folder")
@@ -203,6 +208,8 @@ def model_file_problems(config: ZireliaConfig) -> list[str]:
             )
             problems.append(f"{where} is not set" + (f" (expected {hint})" if hint else ""))
             continue
+        if file.merge is not None:
+            continue  # T5-XXL merged from shards that were just checked; the merge runs before the launch
         if key == "pretrained_model" and config.train.model_type != "flux" and looks_like_hub_id(value):
             continue  # SDXL / SD1.5 accept a hub id; sd-scripts downloads it
         path = absolute(value)
