@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from functools import cache
 from pathlib import Path
 
@@ -74,17 +75,28 @@ def repository_files(tiny_flux_dir: Path) -> dict[str, bytes]:
     return dict(_repository_files(str(tiny_flux_dir)))
 
 
-def write_hub_cache(cache: Path, files: dict[str, bytes], repo_id: str = FLUX_DEV_REPO, commit: str = COMMIT) -> Path:
-    """`files` as the hub cache stores a download of `repo_id` at `commit` (refs/main); returns the snapshot."""
+def write_hub_cache(
+    cache: Path, files: dict[str, bytes | Path], repo_id: str = FLUX_DEV_REPO, commit: str = COMMIT
+) -> Path:
+    """`files` (contents, or a file to hard-link) as the hub cache stores a download of `repo_id` at `commit`
+    (blobs named by their sha256, links in snapshots/<commit>, refs/main); returns the snapshot folder."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     snapshot = repo / "snapshots" / commit
     for relative, data in files.items():
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        digest = hashlib.sha256(data if isinstance(data, bytes) else data.read_bytes()).hexdigest()
+        blob = repo / "blobs" / digest
         blob.parent.mkdir(exist_ok=True)
-        if not blob.exists():
+        if blob.exists():
+            pass
+        elif isinstance(data, bytes):
             blob.write_bytes(data)
+        else:
+            try:
+                os.link(data, blob)
+            except OSError:
+                shutil.copyfile(data, blob)
         link = snapshot / relative
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
@@ -97,3 +109,25 @@ def write_folder(folder: Path, files: dict[str, bytes]) -> Path:
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         (folder / relative).write_bytes(data)
     return folder
+
+
+def sharded_files(tensors: dict, shard_names: tuple[str, ...], index_name: str, folder: str) -> dict[str, bytes]:
+    """`tensors` split over `shard_names` in name order, with their index, as `folder/...` entries."""
+    return _sharded(tensors, shard_names, index_name, folder)
+
+
+def assert_same_tensors(merged: Path, shards: list[Path]) -> None:
+    """`merged` holds exactly the shards' tensors: same names, dtypes, shapes and bytes."""
+    import torch
+    from safetensors import safe_open
+
+    expected = {}
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as handle:
+            expected.update({name: handle.get_tensor(name) for name in handle.keys()})
+    with safe_open(str(merged), framework="pt") as handle:
+        assert set(handle.keys()) == set(expected)
+        for name in handle.keys():
+            tensor = handle.get_tensor(name)
+            assert tensor.dtype == expected[name].dtype and tensor.shape == expected[name].shape, name
+            assert torch.equal(tensor.view(torch.uint8), expected[name].view(torch.uint8)), name

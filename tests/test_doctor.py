@@ -107,6 +107,7 @@ def test_doctor_sienna_on_a_cpu_machine_fails_naming_gpu_weights_and_sd_scripts(
     # No model path in the config: each "auto" row names the one download generation and training share.
     for key in ("pretrained_model", "clip_l", "t5xxl", "ae"):
         status, detail, fix = table[f"train.{key}"]
+        assert status == "FAIL"
         assert detail.startswith("auto: black-forest-labs/FLUX.1-dev is not in the Hugging Face cache"), detail
         assert fix.startswith("hf download black-forest-labs/FLUX.1-dev --exclude flux1-dev.safetensors"), fix
     assert all(table[name][2] for name in failed)  # every failing row says the fix

@@ -20,7 +20,14 @@ import torch
 from safetensors import safe_open
 
 from tests.conftest import REPO, write_config
-from tests.flux_repo import FLUX_DEV_REPO, T5_SHARDS, repository_files, write_folder, write_hub_cache
+from tests.flux_repo import (
+    FLUX_DEV_REPO,
+    T5_SHARDS,
+    assert_same_tensors,
+    repository_files,
+    write_folder,
+    write_hub_cache,
+)
 from zirelia_local.common.config import load_config
 from zirelia_local.common.errors import ZireliaError
 from zirelia_local.doctor.kohya import kohya_model_file_checks
@@ -60,23 +67,12 @@ def flux_config(tmp_path: Path, model: str = FLUX_DEV_REPO, train: str = ""):
     return config
 
 
-def shard_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for shard in T5_SHARDS:
-        with safe_open(str(folder / shard), framework="pt") as handle:
-            tensors.update({name: handle.get_tensor(name) for name in handle.keys()})
-    return tensors
-
-
 def assert_byte_exact(merged: Path, shards_folder: Path) -> None:
-    expected = shard_tensors(shards_folder)
-    with safe_open(str(merged), framework="pt") as handle:
-        assert set(handle.keys()) == set(expected)
-        for name in handle.keys():
-            tensor = handle.get_tensor(name)
-            assert tensor.dtype == expected[name].dtype and tensor.shape == expected[name].shape, name
-            assert torch.equal(tensor.view(torch.uint8), expected[name].view(torch.uint8)), name
-    assert {tensor.dtype for tensor in expected.values()} == {torch.bfloat16, torch.float32}  # kept as stored
+    assert_same_tensors(merged, [shards_folder / shard for shard in T5_SHARDS])
+    with safe_open(str(shards_folder / T5_SHARDS[0]), framework="pt") as first:
+        with safe_open(str(shards_folder / T5_SHARDS[1]), framework="pt") as second:
+            dtypes = {handle.get_tensor(name).dtype for handle in (first, second) for name in handle.keys()}
+    assert dtypes == {torch.bfloat16, torch.float32}  # mixed, as stored: the merge casts nothing
 
 
 def test_the_stand_in_is_a_hub_cache_huggingface_hub_reads(snapshot: Path, hub_cache: Path) -> None:
@@ -120,7 +116,7 @@ def test_without_the_single_file_sd_scripts_gets_the_diffusers_folder(tmp_path: 
     file = resolve_model_files(flux_config(tmp_path))["pretrained_model"]
     # sd-scripts (library/flux_utils.py) reads <folder>/transformer/diffusion_pytorch_model-00001-of-00003
     # .safetensors and its two siblings when given a folder, and converts the diffusers keys.
-    assert file.value == str(snapshot) and "3 shards" in file.detail
+    assert file.value == str(snapshot) and "3 diffusers shards" in file.detail
     assert (Path(file.value) / "transformer" / "diffusion_pytorch_model-00001-of-00003.safetensors").is_file()
 
 
@@ -250,7 +246,7 @@ def test_nothing_cached_names_the_one_download(tmp_path: Path, hub_cache: Path, 
 def test_doctor_rows_say_what_auto_resolved_to(tmp_path: Path, snapshot: Path) -> None:
     rows = {check.name: check for check in kohya_model_file_checks(flux_config(tmp_path))}
     assert {row.status for row in rows.values()} == {"ok"}
-    assert rows["train.pretrained_model"].detail.startswith("auto: flux1-dev.safetensors in black-forest-labs")
+    assert rows["train.pretrained_model"].detail.startswith("auto: flux1-dev.safetensors of black-forest-labs")
     assert "text_encoder/model.safetensors" in rows["train.clip_l"].detail
     assert "2 shards, merged once into" in rows["train.t5xxl"].detail
     assert rows["train.ae"].detail.startswith("auto: ae.safetensors")

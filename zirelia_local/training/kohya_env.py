@@ -184,7 +184,7 @@ def probe_problems(probe: Probe, python: Path, sd_scripts: Path, *, optional: tu
 
 
 _MODEL_HINTS = {
-    "pretrained_model": "flux1-dev.safetensors from black-forest-labs/FLUX.1-dev (not the diffusers subfolders)",
+    "pretrained_model": "flux1-dev.safetensors from black-forest-labs/FLUX.1-dev",
     "clip_l": "clip_l.safetensors from comfyanonymous/flux_text_encoders",
     "t5xxl": "t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn.safetensors) from comfyanonymous/flux_text_encoders",
     "ae": "ae.safetensors from black-forest-labs/FLUX.1-dev",
@@ -223,7 +223,9 @@ def model_file_problems(config: ZireliaConfig) -> list[str]:
 
 
 def _expected(config: ZireliaConfig, key: str) -> str:
-    return f" (expected {_MODEL_HINTS[key]})" if config.train.model_type == "flux" and key in _MODEL_HINTS else ""
+    if config.train.model_type != "flux" or key not in _MODEL_HINTS:
+        return ""
+    return f' (expected {_MODEL_HINTS[key]}; or drop the key: "auto" finds it in [generator] model\'s download)'
 
 
 def safetensors_damage(path: Path) -> str | None:

@@ -196,10 +196,10 @@ def _resolve_auto(key: str, repository: FluxRepository) -> ModelFile:
 
 def _found(key: str, repository: FluxRepository, path: Path, note: str = "") -> ModelFile:
     root = repository.root or path
-    relative = path.relative_to(root).as_posix() if path != root else "the pipeline folder"
+    relative = path.relative_to(root).as_posix() if path != root else "transformer/"
     size = _size(path)
     where = repository.where if repository.local_dir is None else str(root)
-    detail = f"{relative} in {where}{f' {note}' if note else ''} ({size / GB:.2f} GB)"
+    detail = f"{relative} of {where}{f' {note}' if note else ''} ({size / GB:.2f} GB)"
     return ModelFile(key, str(path), auto=True, detail=detail)
 
 
@@ -223,7 +223,7 @@ def _transformer(repository: FluxRepository, root: Path) -> ModelFile:
     folder = root / "transformer"
     unsharded = folder / "diffusion_pytorch_model.safetensors"
     if unsharded.is_file():
-        return _found(key, repository, unsharded, "(diffusers layout: sd-scripts converts it as it loads)")
+        return _found(key, repository, unsharded, "(diffusers layout: sd-scripts converts the keys as it loads)")
     index = "diffusion_pytorch_model.safetensors.index.json"
     try:
         names = shard_names(folder, index) if (folder / index).is_file() else []
@@ -232,7 +232,8 @@ def _transformer(repository: FluxRepository, root: Path) -> ModelFile:
     complete = bool(names) and all((folder / name).is_file() for name in names)
     if complete and tuple(names) == THREE_SHARDS:
         # sd-scripts takes the pipeline folder and reads these three shards from transformer/ itself.
-        return _found(key, repository, root, "(diffusers transformer/, 3 shards: sd-scripts converts it as it loads)")
+        note = "(3 diffusers shards: sd-scripts is given the pipeline folder and converts the keys as it loads)"
+        return _found(key, repository, root, note)
     if complete:
         where = repository.where if repository.local_dir is None else str(root)
         return ModelFile(
