@@ -206,3 +206,12 @@ def test_smoke_script_passes_shellcheck_and_says_when_no_engine_answers(tmp_path
         return
     result = subprocess.run(["bash", str(SMOKE)], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 2 and "no Docker engine" in result.stderr
+
+
+def test_every_run_step_is_valid_bash() -> None:
+    # The image's SHELL is bash (-o pipefail); a syntax error would only show in a build, which CI cannot run.
+    runs = [line.removeprefix("RUN ") for line in dockerfile_lines() if line.startswith("RUN ")]
+    assert len(runs) >= 5
+    for command in runs:
+        result = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, f"{command}\n{result.stderr}"
