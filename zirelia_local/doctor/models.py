@@ -84,7 +84,7 @@ def device_check(config: ZireliaConfig, gpus: list[GpuInfo], stages: Collection[
     plan = plan_memory(gen, torch.device(device), total_memory=gpus[index].total_bytes)
     detail = f"{device}; generation: memory {plan.memory}, quantization {plan.quantization}"
     if plan.fallback is not None:  # auto fell back from nf4: say why, on the card that needs nf4 most
-        return warn("device", f"{detail} ({plan.reason})", "pip install bitsandbytes (a CUDA build of torch)")
+        return warn("device", f"{detail} ({plan.reason})", "pip install bitsandbytes into this environment")
     return ok("device", detail)
 
 
