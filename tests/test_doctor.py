@@ -6,6 +6,7 @@ What cannot exist on a CPU machine is stood in for and says so: GPUs are `GpuInf
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -103,6 +104,12 @@ def test_doctor_sienna_on_a_cpu_machine_fails_naming_gpu_weights_and_sd_scripts(
     assert table["embedder (dlib)"][0] == "ok" and table["python"][0] == "ok"
     assert "no Hugging Face token" in table["generator model"][1] and "HF_TOKEN" in table["generator model"][2]
     assert "ZIRELIA_SD_SCRIPTS" in table["sd-scripts"][1]
+    # No model path in the config: each "auto" row names the one download generation and training share.
+    for key in ("pretrained_model", "clip_l", "t5xxl", "ae"):
+        status, detail, fix = table[f"train.{key}"]
+        assert status == "FAIL"
+        assert detail.startswith("auto: black-forest-labs/FLUX.1-dev is not in the Hugging Face cache"), detail
+        assert fix.startswith("hf download black-forest-labs/FLUX.1-dev --exclude flux1-dev.safetensors"), fix
     assert all(table[name][2] for name in failed)  # every failing row says the fix
     summary = " ".join(result.stderr.split())
     assert "the configured run cannot start: cuda, generator model, sd-scripts" in summary
@@ -245,15 +252,25 @@ def test_kohya_model_files(tmp_path: Path) -> None:
     for key in ("pretrained_model", "clip_l", "t5xxl", "ae"):
         files[key] = tmp_path / f"{key}.safetensors"
         files[key].write_bytes(b"\0" * 1000)
-    present = kohya_model_file_checks(TrainConfig(**{key: str(path) for key, path in files.items()}))
+    config = load_config(write_config(tmp_path))
+    for key, path in files.items():
+        setattr(config.train, key, str(path))
+    present = kohya_model_file_checks(config)
     assert [check.status for check in present] == ["ok"] * 4
     files["t5xxl"].unlink()
-    partial = kohya_model_file_checks(TrainConfig(**{key: str(path) for key, path in files.items()}))
-    t5 = next(check for check in partial if check.name == "train.t5xxl")
-    assert t5.status == "FAIL" and "t5xxl_fp16.safetensors" in t5.fix
-    unset = kohya_model_file_checks(TrainConfig())
+    t5 = next(check for check in kohya_model_file_checks(config) if check.name == "train.t5xxl")
+    assert t5.status == "FAIL" and "t5xxl_fp16.safetensors" in t5.fix and '"auto"' in t5.fix
+    for key in files:
+        setattr(config.train, key, None)
+    unset = kohya_model_file_checks(config)
     assert all(check.status == "FAIL" and "not set" in check.detail for check in unset)
-    assert len(kohya_model_file_checks(TrainConfig(model_type="sdxl"))) == 1
+    config.train.model_type = "sdxl"
+    assert len(kohya_model_file_checks(config)) == 1
+    # "auto" with the embedded test model as the generator: nothing to find, and the row says why.
+    config.train.model_type = "flux"
+    config.train.ae = "auto"
+    auto = next(check for check in kohya_model_file_checks(config) if check.name == "train.ae")
+    assert auto.status == "FAIL" and "embedded test model" in auto.detail and "[train] ae" in auto.fix
 
 
 # --- GPU and VRAM (GPUs are stand-ins: none exists on the CPU machines this runs on) ------------------------
@@ -301,6 +318,11 @@ def test_device_rows(tmp_path: Path) -> None:
     config.generator.device = "cpu"
     on_cpu = device_check(config, [GpuInfo(0, "gpu", 24 * GIB, None)])
     assert on_cpu.status == "FAIL" and 'device = "auto"' in on_cpu.fix
+    config.generator.device = "auto"
+    twelve = device_check(config, [GpuInfo(0, "RTX 3060", 12 * GIB, None)])
+    if importlib.util.find_spec("bitsandbytes") is None:  # not installed here: auto says why it is not nf4
+        assert twelve.status == "warn" and "bitsandbytes is not installed" in twelve.detail
+        assert "quantization fp8_storage" in twelve.detail and "pip install bitsandbytes" in twelve.fix
 
 
 # --- generator model ----------------------------------------------------------------------------------------

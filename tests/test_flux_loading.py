@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import textwrap
 
 import pytest
@@ -30,6 +32,36 @@ def test_auto_memory_plan_per_card(gib, memory, quantization):
     plan = plan_memory(GeneratorConfig(), torch.device("cuda", 0), total_memory=int(gib * GIB))
     assert (plan.memory, plan.quantization) == (memory, quantization)
     assert f"{gib} GiB" in plan.reason
+
+
+def _package(root, body: str):
+    """A real (tiny) package named bitsandbytes on sys.path: a broken install, or one that imports."""
+    (root / "bitsandbytes").mkdir(parents=True)
+    (root / "bitsandbytes" / "__init__.py").write_text(body)
+    return root
+
+
+def test_auto_on_a_12gb_card_says_why_it_falls_back_from_nf4(tmp_path, monkeypatch):
+    twelve = int(12 * GIB)
+    if importlib.util.find_spec("bitsandbytes") is None:
+        plan = plan_memory(GeneratorConfig(), torch.device("cuda", 0), total_memory=twelve)
+        assert (plan.memory, plan.quantization) == ("model_offload", "fp8_storage")
+        assert "bitsandbytes is not installed" in plan.fallback and "pip install bitsandbytes" in plan.reason
+    monkeypatch.syspath_prepend(str(_package(tmp_path / "broken", "raise RuntimeError('no CUDA library found')\n")))
+    monkeypatch.delitem(sys.modules, "bitsandbytes", raising=False)
+    broken = plan_memory(GeneratorConfig(), torch.device("cuda", 0), total_memory=twelve)
+    assert broken.quantization == "fp8_storage"
+    assert "fails to import (RuntimeError: no CUDA library found)" in broken.fallback
+
+
+def test_auto_on_a_12gb_card_takes_nf4_when_bitsandbytes_imports(tmp_path, monkeypatch):
+    # Stand-in: bitsandbytes is not installed in this environment; a package that imports takes its place.
+    monkeypatch.syspath_prepend(str(_package(tmp_path / "ok", "")))
+    monkeypatch.delitem(sys.modules, "bitsandbytes", raising=False)
+    plan = plan_memory(GeneratorConfig(), torch.device("cuda", 0), total_memory=int(12 * GIB))
+    assert (plan.memory, plan.quantization, plan.fallback) == ("model_offload", "bnb_nf4", None)
+    explicit = plan_memory(GeneratorConfig(quantization="none"), torch.device("cuda", 0), total_memory=int(12 * GIB))
+    assert explicit.quantization == "none" and explicit.fallback is None
 
 
 def test_explicit_memory_settings_are_kept():

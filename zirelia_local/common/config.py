@@ -319,12 +319,25 @@ class TrainConfig(_Section):
         "else the current one).",
     )
     pretrained_model: str | None = Field(
-        default=None,
-        description="kohya: base model file (flux1-dev.safetensors, an SDXL/SD1.5 checkpoint or diffusers folder).",
+        default="auto",
+        description="kohya: base model file (flux1-dev.safetensors, an SDXL/SD1.5 checkpoint or diffusers folder). "
+        "FLUX `auto`: from [generator] model's repository (Hugging Face cache or folder): flux1-dev.safetensors "
+        "where it is there, else its diffusers transformer. SDXL/SD1.5 need a path.",
     )
-    clip_l: Path | None = Field(default=None, description="kohya FLUX: CLIP-L text encoder file.")
-    t5xxl: Path | None = Field(default=None, description="kohya FLUX: T5-XXL text encoder file.")
-    ae: Path | None = Field(default=None, description="kohya FLUX: autoencoder file (ae.safetensors).")
+    clip_l: Literal["auto"] | Path | None = Field(
+        default="auto",
+        description="kohya FLUX: CLIP-L text encoder file; `auto`: text_encoder/model.safetensors of [generator] "
+        "model's repository.",
+    )
+    t5xxl: Literal["auto"] | Path | None = Field(
+        default="auto",
+        description="kohya FLUX: T5-XXL text encoder file; `auto`: text_encoder_2/ of [generator] model's "
+        "repository, its shards merged once into one file in the zirelia cache (ZIRELIA_CACHE; 9.5 GB for FLUX.1-dev).",
+    )
+    ae: Literal["auto"] | Path | None = Field(
+        default="auto",
+        description="kohya FLUX: autoencoder file; `auto`: ae.safetensors of [generator] model's repository.",
+    )
     tokenizer_cache_dir: Path | None = Field(
         default=None, description="kohya: local tokenizer copies for offline machines (--tokenizer_cache_dir)."
     )

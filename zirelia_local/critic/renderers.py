@@ -174,7 +174,7 @@ def load_stable_diffusion_pipeline(config: ZireliaConfig) -> Any:
     from zirelia_local.dataset.flux import resolve_device, resolve_dtype
 
     model_type = config.train.model_type
-    if not config.train.pretrained_model:
+    if config.train.pretrained_model in (None, "", "auto"):  # "auto" finds FLUX files only
         raise ZireliaError(
             f"[train] pretrained_model is not set: the critic draws {model_type} images with the base model "
             "that training used",

@@ -3,14 +3,16 @@ and the single model files it loads."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from zirelia_local.common.config import TrainConfig, ZireliaConfig
+from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.paths import display_path, path_problem
 from zirelia_local.doctor.check import GB, Check, fail, ok, warn
 from zirelia_local.doctor.models import FLUX_DEV_REPO
+from zirelia_local.training.model_files import ModelFile, resolve_model_files
 
 # The sd-scripts commit zirelia is tested against (docker/Dockerfile pins the same one).
 SD_SCRIPTS_COMMIT = "48d368fa"
@@ -87,20 +89,23 @@ def sd_scripts_python_check(folder: Path, python: Path, timeout: float = SD_SCRI
     return ok(name, f"{python} (transformers {transformers_version}, diffusers {diffusers_version})")
 
 
-def kohya_model_file_checks(train: TrainConfig) -> list[Check]:
-    """The single files sd-scripts loads: the base model, and for FLUX also CLIP-L, T5-XXL and the autoencoder."""
-    keys = ["pretrained_model", "clip_l", "t5xxl", "ae"] if train.model_type == "flux" else ["pretrained_model"]
+def kohya_model_file_checks(config: ZireliaConfig) -> list[Check]:
+    """The files sd-scripts loads: the base model, and for FLUX also CLIP-L, T5-XXL and the autoencoder; an
+    "auto" row says what it resolved to in [generator] model's repository, or the download it lacks."""
+    train = config.train
     checks = []
-    for key in keys:
-        value = getattr(train, key)
+    for key, file in resolve_model_files(config).items():
         name = f"train.{key}"
+        if file.auto:
+            checks.append(_auto_check(name, file))
+            continue
         fix = FLUX_FILES_FIX.get(key, "download the base checkpoint") + f", then set [train] {key} to the file"
         if train.model_type == "flux":
-            fix += " (the diffusers folder of [generator] is a separate download)"
-        if value is None:
+            fix += ' (or leave it "auto" to use [generator] model\'s repository)'
+        if file.value is None:
             checks.append(fail(name, "not set (the kohya backend needs it)", fix))
             continue
-        path = Path(value).expanduser()
+        path = Path(file.value).expanduser()
         if not path.exists():
             checks.append(fail(name, f"{display_path(path)} not found", fix))
         elif key in SINGLE_FILE_KEYS and not path.is_file():
@@ -126,6 +131,27 @@ def kohya_model_file_checks(train: TrainConfig) -> list[Check]:
     return checks
 
 
+def _auto_check(name: str, file: ModelFile) -> Check:
+    if file.problem is not None:
+        return fail(name, f"auto: {file.problem}", file.fix)
+    if file.merge is not None and file.merge_pending:
+        folder = file.merge.target.parent
+        free = shutil.disk_usage(_existing_parent(folder)).free
+        if free < file.merge.total_bytes:
+            return fail(
+                name,
+                f"auto: {file.detail}, but {free / GB:.1f} GB are free there",
+                "free disk space, point ZIRELIA_CACHE at a larger disk, or set [train] t5xxl to a single file",
+            )
+    return ok(name, f"auto: {file.detail}")
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def kohya_checks(config: ZireliaConfig, *, import_timeout: float = SD_SCRIPTS_IMPORT_TIMEOUT_S) -> list[Check]:
     """Every kohya row: the folder, then its interpreter (only when the folder is usable), then the model files."""
     folder = config.sd_scripts_dir()
@@ -133,4 +159,4 @@ def kohya_checks(config: ZireliaConfig, *, import_timeout: float = SD_SCRIPTS_IM
     checks = [folder_row]
     if not folder_row.failed and folder is not None:
         checks.append(sd_scripts_python_check(folder, sd_scripts_python(folder, config.train.python), import_timeout))
-    return checks + kohya_model_file_checks(config.train)
+    return checks + kohya_model_file_checks(config)

@@ -51,6 +51,7 @@ from zirelia_local.training.live_identity import (
     start_live_curve,
 )
 from zirelia_local.training.messages import info, warn
+from zirelia_local.training.model_files import merge_pending_files, resolve_model_files
 from zirelia_local.training.outputs import TrainingResult, epoch_lora_files, read_epoch, train_dir
 from zirelia_local.training.presets import PresetChoice, choose_preset, detect_local_gpus, report_choice
 from zirelia_local.training.resume import SavedState, list_states, newest_state
@@ -98,6 +99,10 @@ def train_kohya(
         return TrainingResult(backend="kohya", output_dir=output_dir, epoch_files=files)
 
     setup = _check_setup(config, dry_run=dry_run, script=script)
+    model_files = resolve_model_files(config)
+    for file in model_files.values():
+        if file.auto and file.problem is None:
+            info(f'[train] {file.key} = "auto": {file.detail}')
     batch_size, resolution, optimizer = train_settings(config, setup.choice.preset)
     report_choice(setup.choice, batch_size=batch_size, resolution=resolution, optimizer=optimizer)
     if setup.choice.preset.fp8_base and config.train.mixed_precision == "no":
@@ -147,6 +152,7 @@ def train_kohya(
         output_dir / COMMAND_FILE, "#!/bin/sh\n# written by zirelia-local; secrets redacted\n" + shown + "\n"
     )
     atomic_write_json(output_dir / LAUNCH_FILE, record)
+    merge_pending_files(model_files)  # T5-XXL from text_encoder_2/'s shards, once; last, as it takes minutes
     return _launch(config, setup, plan, argv, shown, state, live)
 
 
@@ -185,7 +191,8 @@ def _check_setup(config: ZireliaConfig, *, dry_run: bool, script: Path | None) -
     elif missing:
         problem(
             "missing model file(s) for kohya training:\n  " + "\n  ".join(missing),
-            "set the paths in [train] (relative paths are read from the current folder)",
+            'run the download each "auto" line names, or set the paths in [train] (relative paths are read '
+            "from the current folder)",
         )
 
     probe = None
