@@ -289,6 +289,6 @@ def test_sd_scripts_python_and_model_paths_of_the_wrong_kind_are_named(tmp_path,
     assert sd_scripts_python_check(tmp_path, folder).detail == f"{folder} is a folder, not a file"
     config = load_config(write_config(tmp_path, extra=f"[train]\nbackend = 'kohya'\nclip_l = '{folder}'\n"))
     assert f"[train] clip_l = '{folder}': {folder} is a folder, not a file" in "\n".join(model_file_problems(config))
-    (row,) = [check for check in kohya_model_file_checks(config.train) if check.name == "train.clip_l"]
+    (row,) = [check for check in kohya_model_file_checks(config) if check.name == "train.clip_l"]
     assert row.failed and row.detail == f"{folder} is a folder, not a file"
     assert path_problem(tmp_path / "clip_l.safetensors" / "x", "file") == "does not exist"
