@@ -6,6 +6,10 @@ among the epochs whose prompt adherence did not collapse: overfitting shows as t
 while the similarity keeps rising, so an epoch whose mean CLIP score is more than `max_clip_drop` below the
 best epoch's is excluded. A missing face counts as similarity 0 (an epoch that stops drawing faces is bad).
 Ties go to the epoch with more accepted images, then to the earlier epoch (less trained, less overfit).
+
+The LoRA scale to draw the chosen epoch with (`chosen_lora_scale`, recorded in selection.json for `zirelia
+generate`) is the one its images were accepted at most often: a retry raises the scale when the identity was too
+weak, so when most accepted images needed the raise, drawing at it from the start saves those retries.
 """
 
 from __future__ import annotations
@@ -139,4 +143,24 @@ def select_epoch(table: Sequence[EpochScore], *, max_clip_drop: float) -> Select
         parts.append("warning: the critic accepted none of this epoch's images")
     return Selection(
         epoch=best.epoch, basis="identity", reason="; ".join(parts), excluded=excluded, reference_clip=reference_clip
+    )
+
+
+def chosen_lora_scale(attempts: Sequence[dict[str, Any]], default: float) -> tuple[float, str]:
+    """The scale to draw an epoch's LoRA with, and why: the scale most of its accepted attempts were drawn at
+    (ties: the lower one), or `default` (the first attempts' `[critic] lora_scale`) when none was accepted."""
+    counts: dict[float, int] = {}
+    for record in attempts:
+        if record["accepted"]:
+            scale = float(record["lora_scale"])
+            counts[scale] = counts.get(scale, 0) + 1
+    if not counts:
+        return default, f"no image of this epoch was accepted, so the evaluation scale {default:g} is kept"
+    scale = max(counts, key=lambda value: (counts[value], -value))
+    total = sum(counts.values())
+    if scale == default:
+        return scale, f"{counts[scale]} of {total} accepted images were drawn at the evaluation scale {default:g}"
+    return scale, (
+        f"{counts[scale]} of {total} accepted images were drawn at {scale:g} (raised from {default:g} by retries "
+        "after a weak identity)"
     )
