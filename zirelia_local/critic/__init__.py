@@ -6,7 +6,7 @@ Later stages that draw with the LoRA (`zirelia generate`) reuse the draw-judge-r
 below: `renderer_for` (the base model with a LoRA), `Critic` (the judge), `draw_and_judge` (the loop).
 """
 
-from zirelia_local.critic.attempts import EvaluationItem, clip_text, draw_and_judge
+from zirelia_local.critic.attempts import EvaluationItem, attempt_outcome, clip_text, draw_and_judge
 from zirelia_local.critic.judge import Critic
 from zirelia_local.critic.renderers import (
     EvaluationRenderer,
@@ -31,6 +31,7 @@ __all__ = [
     "EvaluationItem",
     "EvaluationRenderer",
     "Verdict",
+    "attempt_outcome",
     "clip_text",
     "draw_and_judge",
     "evaluation_base_model",

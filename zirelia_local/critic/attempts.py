@@ -108,6 +108,17 @@ def draw_and_judge(
     return records
 
 
+def attempt_outcome(verdict: Verdict, number: int, retry: Attempt | None, max_retries: int) -> str:
+    """What became of attempt `number`: accepted, retried (as `retry`), or rejected for good, and why."""
+    if verdict.accepted:
+        return "accepted"
+    if retry is not None:
+        return f"retry {retry.number} of {max_retries}"
+    if number >= max_retries:
+        return f"rejected after {number} retries" if number else "rejected (no retries allowed)"
+    return "rejected: no retry can help (" + ", ".join(verdict.failures) + ")"
+
+
 def attempt_record(
     config: ZireliaConfig,
     item: EvaluationItem,
@@ -119,14 +130,7 @@ def attempt_record(
 ) -> dict[str, Any]:
     """One attempt as a JSON record: what was drawn, how it was judged, and what happens next."""
     verdict_record = verdict.to_record()
-    if verdict.accepted:
-        outcome = "accepted"
-    elif retry is not None:
-        outcome = f"retry {retry.number} of {config.critic.max_retries}"
-    elif attempt.number >= config.critic.max_retries:
-        outcome = f"rejected after {attempt.number} retries" if attempt.number else "rejected (no retries allowed)"
-    else:
-        outcome = "rejected: no retry can help (" + ", ".join(verdict.failures) + ")"
+    outcome = attempt_outcome(verdict, attempt.number, retry, config.critic.max_retries)
     return {
         "item": item.key,
         "prompt_index": item.prompt_index,

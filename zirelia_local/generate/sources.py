@@ -67,7 +67,7 @@ def check_trained_run(config: ZireliaConfig) -> Path:
     if lora is None:
         lora = run_dir / BEST_NAME
         if not lora.is_file():
-            missing.append(f"{BEST_NAME} (the critic links the chosen epoch's LoRA there)")
+            missing.append(f"{BEST_NAME} is missing (the critic links the chosen epoch's LoRA there)")
     else:
         lora = lora.expanduser()
         if not lora.is_file():
@@ -78,10 +78,10 @@ def check_trained_run(config: ZireliaConfig) -> Path:
             )
     identity_needed = config.curate.mode != "record"
     if identity_needed and not (run_dir / IDENTITY_NAME).is_file():
-        missing.append(f"{IDENTITY_NAME} (curation writes the persona's reference identity there)")
+        missing.append(f"{IDENTITY_NAME} is missing (curation writes the persona's reference identity there)")
     if missing:
         raise ZireliaError(
-            f"no trained persona in {run_dir}: " + "; ".join(f"{name} is missing" for name in missing),
+            f"no trained persona in {run_dir}: " + "; ".join(missing),
             hint=f"run the whole job first: `{WHOLE_JOB}` (or the missing stages: `zirelia curate CONFIG`, "
             "`zirelia train CONFIG`, `zirelia critic CONFIG`); check --run-dir if the run is elsewhere",
         )

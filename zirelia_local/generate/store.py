@@ -32,7 +32,7 @@ from zirelia_local.common.files import (
     sha256_file,
     write_jsonl,
 )
-from zirelia_local.critic import Attempt, Check, Verdict, first_attempt, next_attempt
+from zirelia_local.critic import Attempt, Check, Verdict, attempt_outcome, first_attempt, next_attempt
 from zirelia_local.generate.prompts import GenerationItem
 
 ATTEMPTS_DIR = "attempts"
@@ -126,9 +126,13 @@ def resume_state(out: Path, items: Sequence[GenerationItem], config: ZireliaConf
                 attempts[attempt.number] = record
                 break
             kept.append(record)
-            attempt = (
-                None if record["accepted"] else next_attempt(attempt, verdict_of(record), config.critic, item.seed)
-            )
+            verdict = verdict_of(record)
+            number, attempt = attempt.number, next_attempt(attempt, verdict, config.critic, item.seed)
+            # More (or fewer) retries allowed than when it was drawn: what became of it changes with them.
+            outcome = attempt_outcome(verdict, number, attempt, config.critic.max_retries)
+            if record.get("outcome") != outcome:
+                record["outcome"] = outcome
+                write_attempt(out, record)
         for record in attempts.values():  # records after a gap or a bad image: drawn again
             _forget(out, record)
             state.dropped += 1
