@@ -22,6 +22,7 @@ from tests.generate_support import PROMPTS, ScenePhotoRenderer, make_trained_run
 from zirelia_local.common.config import load_config
 from zirelia_local.common.errors import ConfigError, ZireliaError
 from zirelia_local.common.files import read_jsonl
+from zirelia_local.common.rundir import run_lock
 from zirelia_local.critic.selection import chosen_lora_scale
 from zirelia_local.generate import PromptSpec, generate_persona_images, read_prompts_file, run_generate
 from zirelia_local.generate.api import with_overrides
@@ -250,7 +251,7 @@ def test_invalid_arguments_exit_2(tmp_path):
 @pytest.mark.slow
 def test_sigkill_in_the_middle_of_a_batch_then_rerun(tmp_path):
     """A real process killed with SIGKILL while it draws; the rerun finishes with the same accepted images as an
-    uninterrupted run, no duplicates, no temp files, and draws only what had no record."""
+    uninterrupted run (byte for byte), no duplicates, no temp files, and draws only what had no record."""
     runs = {}
     for name in ("killed", "clean"):
         config = load_config(write_config(tmp_path / name, extra=GENERATE + "[generate]\ncount = 2\n"))
@@ -267,20 +268,23 @@ def test_sigkill_in_the_middle_of_a_batch_then_rerun(tmp_path):
     recorded = len(list(attempts.glob("*/attempts/*.json")))
     assert 3 <= recorded < 12, "the kill should land in the middle of the request"
 
-    rerun = run_cli(["-m", "tests.generate_support", str(runs["killed"].source)])
-    clean = run_cli(["-m", "tests.generate_support", str(runs["clean"].source)])
-    assert rerun.returncode == clean.returncode == 1, rerun.stderr[-3000:]
-    drawn = int(rerun.stdout.split("DRAWN ")[1].split()[0])
-    assert drawn == 12 - recorded  # 2 + 4 + 6 = 12 attempts in all: none is drawn twice
+    # The rerun (after a kill: the lock is free, temp files are swept) and an uninterrupted run, in this process.
+    renderers = {name: ScenePhotoRenderer() for name in runs}
+    results = {}
+    for name, config in runs.items():
+        with run_lock(config.run_dir):
+            results[name] = run_generate(config, PROMPTS, renderer=renderers[name])
+    assert renderers["killed"].drawn == 12 - recorded  # 2 + 4 + 6 = 12 attempts in all: none is drawn twice
+    assert renderers["clean"].drawn == 12
 
     def outcome(result):
-        out = Path(result.stdout.split("OUT ")[1].strip())
+        out = result.out_dir
         records = list(read_jsonl(out / "results.jsonl"))
         keys = [(record["item"], record["attempt"]) for record in records]
         assert len(keys) == len(set(keys)), "duplicate attempts"
         accepted = sorted(record["image"] for record in records if record["accepted"])
         assert sorted(path.name for path in out.glob("*.png")) == accepted
         assert_no_temp_files(out)
-        return accepted, sorted(keys)
+        return accepted, sorted(keys), [image.path.read_bytes() for image in result.accepted]
 
-    assert outcome(rerun) == outcome(clean)
+    assert outcome(results["killed"]) == outcome(results["clean"])
