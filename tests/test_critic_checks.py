@@ -14,7 +14,8 @@ import pytest
 from tests.critic_support import build_tiny_clip
 from tests.photos import blurred, brightened, cut_off, darkened, noise, photo, side_by_side, small_face
 from zirelia_local.common.config import CriticConfig
-from zirelia_local.critic.checks import edges_touched, laplacian_variance, main_faces, mean_brightness
+from zirelia_local.common.images import laplacian_variance, mean_brightness
+from zirelia_local.critic.checks import edges_touched, main_faces
 from zirelia_local.critic.clip_score import ClipAvailability, load_clip_scorer
 from zirelia_local.critic.judge import Critic
 from zirelia_local.faces.base import DetectedFace

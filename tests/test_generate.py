@@ -141,8 +141,12 @@ def test_captions_dataset_toml_and_sample_prompts(tmp_path):
     subset = dataset["subsets"][0]
     assert Path(subset["image_dir"]).is_absolute() and Path(subset["image_dir"]) == folder.resolve()
     assert subset["caption_extension"] == ".txt" and subset["num_repeats"] == 1
+    # The live identity curve's prompts: the critic's scenes (at most 4), each framed to show the face, the
+    # trigger word first, a seed fixed across epochs (the critic's seeds in turn), at the sample size.
     prompts = result.training_set.sample_prompts.read_text().splitlines()
-    assert len(prompts) == len(config.critic.prompts)
-    for line in prompts:
-        assert line.startswith("testpersona7, ")
-        assert " --w 64 --h 64 --d 1001 --s 2 --g 3.5" in line
+    assert len(prompts) == len(config.critic.prompts) == 4
+    for index, line in enumerate(prompts):
+        assert line.startswith("testpersona7, a photo of ")
+        assert config.critic.prompts[index] in line
+        assert f" --w 64 --h 64 --d {config.critic.seeds[index % 2]} --s 2 --g 3.5" in line
+    assert "close-up portrait facing the camera" in prompts[0] and "three-quarter view" in prompts[1]

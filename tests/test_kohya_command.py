@@ -148,7 +148,9 @@ def test_flux_24gb_command_has_the_recipe(tmp_path):
     ):
         assert flags[switch] == [], switch
     assert "blocks_to_swap" not in flags
-    assert "sample_prompts" not in flags  # sample_every_n_epochs = 0 by default
+    # The live identity curve: sd-scripts draws the sample prompts at every epoch's end by default.
+    assert flags["sample_prompts"] == [str(tmp_path / "run" / "sample_prompts.txt")]
+    assert flags["sample_every_n_epochs"] == ["1"]
     assert "resume" not in flags
 
 

@@ -1,4 +1,5 @@
-"""Opt-in: the real sd-scripts trains real (random) FLUX and SD1.5 LoRAs on the CPU, saves, and resumes.
+"""Opt-in: the real sd-scripts trains real (random) FLUX and SD1.5 LoRAs on the CPU, saves, and resumes; its
+sample images feed the live identity curve, and an early stop ends it after a saved epoch.
 
 Skipped unless ZIRELIA_SD_SCRIPTS names an sd-scripts checkout with its venv (`venv/bin/python`). Run:
 
@@ -313,3 +314,101 @@ def test_real_sd_scripts_trains_an_sd15_lora_from_a_diffusers_folder_on_cpu(tmp_
         np.asarray(renderer.render(["testpersona7 reading a book"], [1], scale)[0], np.float32) for scale in (0.0, 1.0)
     )
     assert np.abs(with_lora - without).mean() > 0.5  # pixel levels (0-255)
+
+
+class PhotoSamplesJudge:
+    """The critic's live judge shown a real photo in place of each sample sd-scripts drew: the tiny random
+    FLUX draws no face, so this stands in for what FLUX.1-dev with the LoRA would draw. The judging (dlib, the
+    reference identity, the early-stop decision) is the real code; `drawn` keeps the files sd-scripts wrote."""
+
+    def __init__(self, config, shown: dict[int, str]) -> None:
+        from zirelia_local.critic import LiveJudge
+
+        self.judge = LiveJudge(config)
+        self.shown = shown
+        self.folder = config.run_dir / "photos"
+        self.drawn: dict[int, list[Path]] = {}
+
+    def judge_epoch(self, epoch, images, history, *, since_epoch=0):
+        from tests.photos import photo
+
+        self.drawn[epoch] = list(images)
+        self.folder.mkdir(exist_ok=True)
+        stand_ins = []
+        for index in range(len(images)):
+            stand_ins.append(self.folder / f"e{epoch}_{index}.png")
+            photo(self.shown.get(epoch, "biden")).save(stand_ins[-1])
+        return self.judge.judge_epoch(epoch, stand_ins, history, since_epoch=since_epoch)
+
+
+def test_real_sd_scripts_samples_feed_the_live_curve_and_an_early_stop_resumes(tmp_path, sd_scripts, kohya_models):
+    from tests.critic_support import save_reference_identity
+    from zirelia_local.critic import live_judge
+    from zirelia_local.faces.dlib_embedder import DlibEmbedder
+
+    wrapper = tmp_path / "flux_train_with_small_t5.py"
+    wrapper.write_text(T5_WRAPPER.format(sd_scripts=str(sd_scripts)))
+    train = f"""
+    [train]
+    sd_scripts = '{sd_scripts}'
+    pretrained_model = '{kohya_models / "flux1-tiny.safetensors"}'
+    clip_l = '{kohya_models / "clip_l.safetensors"}'
+    t5xxl = '{kohya_models / "t5xxl-1layer.safetensors"}'
+    ae = '{kohya_models / "ae.safetensors"}'
+    tokenizer_cache_dir = '{kohya_models / "tokenizers"}'
+    vram = '40gb'
+    mixed_precision = 'no'
+    optimizer = 'AdamW'
+    batch_size = 2
+    epochs = {{epochs}}
+    early_stop = '{{early_stop}}'
+    early_stop_patience = 1
+    early_stop_min_epochs = 2
+    [train.extra_args]
+    max_data_loader_n_workers = 0
+    [critic]
+    prompts = ['reading a book']
+    seeds = [1]
+    steps = 2
+    """
+    config = load_config(write_config(tmp_path, count=2, extra=train.format(epochs=2, early_stop="off")))
+    run_dataset(config)  # 2 images, 64 px: one step per epoch
+    save_reference_identity(config.run_dir, DlibEmbedder())
+
+    # 1. A real run: sd-scripts draws the sample prompt at each epoch's end; no face on the tiny model.
+    first = train_kohya(config, script=wrapper, live=live_judge(config))
+    out = first.output_dir
+    curve = [r for r in read_jsonl(out / METRICS_FILE) if r.get("event") == "identity"]
+    assert [r["epoch"] for r in curve] == [1, 2]
+    assert all(r["identity"] is None and r["faces"] == 0 and "no_face" in r["failures"] for r in curve)
+    assert curve[0]["summary"].startswith("no face in any of the 1 sample image(s)")
+    assert all(Path(out / r["samples"][0]).name.startswith("testpersona7_e00000") for r in curve)
+
+    # 2. Train on (resuming epoch 2's state) with the early stop on, judging photos in place of the samples: the
+    #    persona in epochs 3-4, the other person after. The curve (2-epoch means, no face = 0) peaks at 4;
+    #    patience 1: the stop is asked for at epoch 5 and carried out once a saved epoch (5, unless sd-scripts
+    #    was quicker than the judge) has its LoRA and state on disk.
+    config = load_config(write_config(tmp_path, count=2, extra=train.format(epochs=8, early_stop="identity")))
+    judge = PhotoSamplesJudge(config, {3: "obama", 4: "obama"})
+    stopped = train_kohya(config, script=wrapper, live=judge)
+    record = json.loads((out / "early_stop.json").read_text())
+    stop = record["epoch"]
+    assert (record["decided_at_epoch"], record["best_epoch"]) == (5, 4) and stop >= 5
+    assert sorted(judge.drawn)[:3] == [3, 4, 5] and all(p.is_file() for p in judge.drawn[5])  # sd-scripts' samples
+    assert sorted(stopped.epoch_files) == list(range(1, stop + 1))
+    assert read_epoch(out / f"testpersona7-{stop:06d}.safetensors") == stop
+    state = newest_state(out, "testpersona7")
+    assert state.epoch == stop and state.path.name == f"testpersona7-{stop:06d}-state"
+    log = (out / LOG_FILE).read_text()
+    assert f"early stop after the saved epoch {stop}: stopping sd-scripts" in log and "epoch 8/8" not in log
+
+    # 3. The same config trains nothing more; with one more epoch and the early stop off it resumes there.
+    assert sorted(train_kohya(config, script=wrapper, live=judge).epoch_files) == list(range(1, stop + 1))
+    config = load_config(write_config(tmp_path, count=2, extra=train.format(epochs=stop + 1, early_stop="off")))
+    last = train_kohya(config, script=wrapper, live=live_judge(config))
+    assert sorted(last.epoch_files) == list(range(1, stop + 2))
+    assert read_epoch(out / "testpersona7.safetensors") == stop + 1
+    last_launch = re.split(r"\n===== \d{4}-\d\d-\d\d ", (out / LOG_FILE).read_text())[-1]
+    assert f"--resume {out / f'testpersona7-{stop:06d}-state'}" in last_launch
+    assert f"epoch {stop + 1}/{stop + 1}" in last_launch
+    assert not (out / "early_stop.json").exists()

@@ -20,7 +20,8 @@ from tests.conftest import REPO, run_cli, write_config
 from tests.critic_support import PhotoRenderer, save_reference_identity, write_placeholder_loras
 from tests.photos import photo
 from zirelia_local.common.config import load_config
-from zirelia_local.common.files import write_jsonl
+from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.files import read_jsonl, write_jsonl
 from zirelia_local.common.rundir import prepare_run_dir
 from zirelia_local.critic import run_critic
 from zirelia_local.report.render import environment, render_page
@@ -80,7 +81,32 @@ def finished_run(tmp_path):
         + [{"epoch": 2, "event": "epoch", "file": "testpersona7.safetensors", "mean_loss": 0.06}],
     )
     (run_dir / "train" / "command.txt").write_text("accelerate launch flux_train_network.py --token HF_TOKEN=abc\n")
+    if not (run_dir / "manifest.jsonl").is_file():  # the report needs a run that at least started
+        write_jsonl(run_dir / "manifest.jsonl", [{"id": "img_00000", "file": "images/img_00000.png"}])
     return config
+
+
+def test_report_shows_the_live_identity_curve_the_early_stop_and_the_epochs_scored(finished_run):
+    config = finished_run
+    metrics = config.run_dir / "train" / "metrics.jsonl"
+    live = [
+        {"event": "identity", "epoch": 1, "identity": 0.412, "faces": 2, "images": 2, "defects": 0, "accepted": 0,
+         "summary": "identity 0.412 (2/2 with a face, 0 with defects, 0 accepted)"},
+        {"event": "identity", "epoch": 2, "identity": 0.688, "faces": 2, "images": 2, "defects": 0, "accepted": 2,
+         "summary": "identity 0.688 (2/2 with a face, 0 with defects, 2 accepted)"},
+        {"event": "early_stop", "epoch": 2, "epochs": 20, "best_epoch": 2, "rule": "patience",
+         "reason": "the identity has not improved by more than 0.01 for 3 sampled epoch(s)"},
+    ]  # fmt: skip
+    write_jsonl(metrics, [*read_jsonl(metrics), *live])
+    page = write_report(config).read_text()
+    assert "Stopped early after epoch 2 of 20" in page and "has not improved by more than 0.01" in page
+    assert "the sample images of 2 epoch(s), judged while training ran" in page
+    assert "identity 0.688 (2/2 with a face, 0 with defects, 2 accepted)" in page
+    # The critic's epoch search: which epochs it scored and what that cost (both of two saved epochs here).
+    drawn = len(list(read_jsonl(config.run_dir / "critic" / "scores.jsonl")))
+    assert "Epochs scored (search): <b>2 of 2</b> saved epochs" in page
+    assert f"Cost: {drawn} evaluation images drawn (4 first tries)" in page
+    assert "10 logged steps" in page  # event lines are not steps
 
 
 def test_report_of_a_finished_run_has_every_section(finished_run):
@@ -120,7 +146,10 @@ def test_report_of_a_finished_run_has_every_section(finished_run):
 
 def test_report_before_the_later_stages_says_what_has_not_run(tmp_path):
     config = load_config(write_config(tmp_path))
-    prepare_run_dir(config)
+    run_dir = prepare_run_dir(config)
+    with pytest.raises(ZireliaError, match="nothing to report"):  # nothing at all: a wrong --run-dir, most likely
+        write_report(config)
+    write_jsonl(run_dir / "manifest.jsonl", [{"id": "img_00000", "file": "images/img_00000.png"}])
     page = write_report(config).read_text()
     assert_self_contained(page)
     assert "The critic has not run yet" in page
@@ -142,6 +171,7 @@ def hostile_run(tmp_path):
     )
     config = config.model_copy(update={"persona": persona})
     run_dir = prepare_run_dir(config)
+    write_jsonl(run_dir / "manifest.jsonl", [{"id": "img_00000", "file": "images/img_00000.png"}])
     write_jsonl(run_dir / "curation.jsonl", [{"file": f"images/{HOSTILE}.png", "kept": False, "reason": HOSTILE}])
     (run_dir / "images").mkdir(exist_ok=True)
     Image.new("RGB", (64, 64), (90, 90, 90)).save(run_dir / "images" / "eval.png")

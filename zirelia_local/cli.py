@@ -122,9 +122,10 @@ def _cmd_curate(config, args) -> int:
 
 
 def _cmd_train(config, args) -> int:
+    from zirelia_local.critic import live_judge
     from zirelia_local.training import run_training
 
-    run_training(config, dry_run=args.dry_run)
+    run_training(config, dry_run=args.dry_run, live=None if args.dry_run else live_judge(config))
     return 0
 
 

@@ -10,7 +10,7 @@ from zirelia_local.common.console import console, info
 
 def run_pipeline(config: ZireliaConfig) -> Path:
     """dataset -> curate -> train -> critic -> report; returns the report's path."""
-    from zirelia_local.critic import run_critic
+    from zirelia_local.critic import live_judge, run_critic
     from zirelia_local.curate import run_curate
     from zirelia_local.dataset import run_dataset
     from zirelia_local.dataset.flux import release_pipeline_memory
@@ -26,7 +26,7 @@ def run_pipeline(config: ZireliaConfig) -> Path:
     del dataset
     release_pipeline_memory()
     console.rule(f"3/5 train: LoRA ({config.train.backend} backend)")
-    run_training(config)
+    run_training(config, live=live_judge(config))  # the critic's checks judge each epoch's samples as they appear
     console.rule("4/5 critic: score the epochs, pick the best")
     run_critic(config)
     console.rule("5/5 report")

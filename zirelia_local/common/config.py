@@ -97,8 +97,9 @@ class DatasetConfig(_Section):
     fixed_seed_images: int = Field(
         default=4,
         ge=0,
-        description="The first N images share the base seed (and a front-facing angle) so the identity starts "
-        "from one face; the rest get distinct derived seeds and varied angles.",
+        description="identity = text: the first N images share the base seed (and a front-facing angle) so the "
+        "identity starts from one face; the rest get distinct derived seeds and varied angles. identity = anchor "
+        "ignores it: the anchor is that shared start, and every image has its own seed.",
     )
     lighting: list[NonEmptyStr] = Field(min_length=1, description="Lighting variations.")
     expressions: list[NonEmptyStr] = Field(min_length=1, description="Facial expressions.")
@@ -120,12 +121,51 @@ class DatasetConfig(_Section):
         "there). Fields: those of prompt_template plus {trigger_word} and {caption_class}.",
     )
 
-    @field_validator("prompt_template")
+    identity: Literal["text", "anchor"] = Field(
+        default="text",
+        description="How the images get one face. `text`: FLUX.1-dev draws every image from the prompt and "
+        "curation keeps the largest identity cluster. `anchor`: one portrait (`anchor_image`, or one the "
+        "generator draws) and FLUX.1 Kontext puts that person into every planned scene (docs/dataset.md).",
+    )
+    anchor_image: Path | None = Field(
+        default=None,
+        description="identity = anchor: a photo of the persona (one face, at least [curate] min_face_size px). "
+        "It is checked before anything is drawn, cropped square around the face and copied into the run "
+        "directory. Unset: the generator draws `anchor_candidates` portraits and the best one is kept.",
+    )
+    anchor_candidates: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description="identity = anchor without anchor_image: portraits drawn (base seed first, then derived "
+        "seeds); the one with a single, large, sharp, well-exposed face is the anchor.",
+    )
+    anchor_prompt: NonEmptyStr = Field(
+        default="a photo of {description}, close-up portrait facing the camera, neutral expression, plain light "
+        "grey background, soft even studio lighting",
+        description="Prompt of the drawn anchor portrait. Field: {description}.",
+    )
+    instruction_template: NonEmptyStr = Field(
+        default="Show this same person with the face and identity unchanged ({description}): {expression}, "
+        "wearing {outfit}, {setting}, {lighting}, {angle}",
+        description="identity = anchor: the FLUX.1 Kontext instruction for each planned image, applied to the "
+        "anchor. Fields: those of prompt_template.",
+    )
+
+    @field_validator("prompt_template", "instruction_template")
     @classmethod
     def _known_prompt_fields(cls, value: str) -> str:
         unknown = _template_fields(value) - PROMPT_FIELDS
         if unknown:
             raise ValueError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(PROMPT_FIELDS)}")
+        return value
+
+    @field_validator("anchor_prompt")
+    @classmethod
+    def _anchor_prompt_fields(cls, value: str) -> str:
+        unknown = _template_fields(value) - {"description"}
+        if unknown:
+            raise ValueError(f"unknown field(s) {sorted(unknown)}; allowed: ['description']")
         return value
 
     @field_validator("caption_template")
@@ -140,8 +180,10 @@ class DatasetConfig(_Section):
 
     @model_validator(mode="after")
     def _fixed_within_count(self) -> DatasetConfig:
-        if self.fixed_seed_images > self.count:
+        if self.identity == "text" and self.fixed_seed_images > self.count:  # anchor ignores fixed seeds
             raise ValueError(f"fixed_seed_images ({self.fixed_seed_images}) cannot exceed count ({self.count})")
+        if self.anchor_image is not None and self.identity != "anchor":
+            raise ValueError('anchor_image is set but identity = "text": set identity = "anchor" to use the photo')
         return self
 
 
@@ -176,6 +218,16 @@ class GeneratorConfig(_Section):
         "`bnb_nf4` / `bnb_int8` (bitsandbytes, CUDA only); `auto` picks with `memory = auto`, else `none`.",
     )
     batch_size: int = Field(default=1, ge=1, le=64, description="Images per pipeline call.")
+    kontext_model: NonEmptyStr = Field(
+        default="black-forest-labs/FLUX.1-Kontext-dev",
+        description="[dataset] identity = anchor: the FluxKontextPipeline that draws every image from the anchor. "
+        "Hub id, local diffusers folder, or `builtin:tiny-flux-kontext` (the embedded random test model). "
+        "Loaded with this section's device, dtype, memory and quantization.",
+    )
+    kontext_revision: str | None = Field(default=None, description="Hub revision of kontext_model.")
+    kontext_guidance: float = Field(
+        default=2.5, ge=0.0, le=30.0, description="FLUX.1 Kontext guidance (distilled CFG; 2.5 in its model card)."
+    )
 
     @field_validator("device")
     @classmethod
@@ -221,7 +273,8 @@ class CurateConfig(_Section):
     top_up_rounds: int = Field(default=3, ge=0, le=20, description="Rounds of extra generation to reach the target.")
     reference_images: list[Path] = Field(
         default_factory=list,
-        description="Photos of the persona to use as the identity anchor instead of the largest cluster.",
+        description="Photos of the persona to judge identity by, instead of the largest cluster (or, with "
+        "[dataset] identity = anchor, instead of the anchor's face).",
     )
     device: str = Field(
         default="auto", description="`auto`, `cpu`, `cuda` or `cuda:N` (insightface's onnxruntime provider)."
@@ -289,7 +342,37 @@ class TrainConfig(_Section):
     num_processes: int = Field(default=1, ge=1, description="GPUs to train on (accelerate --num_processes).")
     gpu_ids: str | None = Field(default=None, description="accelerate --gpu_ids, e.g. '0,1'.")
     save_every_n_epochs: int = Field(default=1, ge=1, description="Save a LoRA (and state) every N epochs.")
-    sample_every_n_epochs: int = Field(default=0, ge=0, description="Sample images every N epochs (0: never).")
+    sample_every_n_epochs: int = Field(
+        default=1,
+        ge=0,
+        description="Every N epochs, draw the sample prompts (`sample_prompts.txt`: a few varied prompts with the "
+        "trigger word, seeds fixed across epochs) with the model already in memory and judge them: the live "
+        "identity curve, printed with the training progress and kept in `train/metrics.jsonl`. 0: never (then "
+        "no early stop, and the critic's epoch search starts from a coarse subset).",
+    )
+    sample_resolution: int = Field(
+        default=512,
+        ge=64,
+        multiple_of=16,
+        description="Side of the sample images in pixels (at most dataset.resolution): 512 px shows the face to "
+        "the embedder at about a quarter of the cost of 1024 px.",
+    )
+    early_stop: Literal["off", "identity"] = Field(
+        default="off",
+        description="`identity`: stop training once the live identity curve has not improved for "
+        "`early_stop_patience` sampled epochs, or has fallen for two while the defects rose; it stops after an "
+        "epoch's LoRA and state are saved, so a rerun with more `epochs` resumes from there.",
+    )
+    early_stop_patience: int = Field(
+        default=3, ge=1, le=100, description="Sampled epochs without an identity improvement before an early stop."
+    )
+    early_stop_min_delta: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Smallest rise of the live curve's mean identity similarity that counts as an improvement.",
+    )
+    early_stop_min_epochs: int = Field(default=4, ge=1, le=1000, description="Never stop early before this epoch.")
     seed: Seed = Field(default=42, description="Training seed.")
     timestep_sampling: Literal["sigma", "uniform", "sigmoid", "shift", "flux_shift"] = Field(
         default="shift", description="FLUX timestep sampling (sd-scripts' docs recommend shift)."
@@ -318,6 +401,15 @@ class TrainConfig(_Section):
             raise ValueError("must be 1-80 letters, digits, '-' or '_' (it becomes a file name)")
         return value
 
+    @model_validator(mode="after")
+    def _early_stop_needs_samples(self) -> TrainConfig:
+        if self.early_stop != "off" and self.sample_every_n_epochs == 0:
+            raise ValueError(
+                "early_stop = 'identity' judges the sample images of each epoch, but sample_every_n_epochs = 0 "
+                "draws none: set sample_every_n_epochs = 1 (or early_stop = 'off')"
+            )
+        return self
+
 
 DEFAULT_CRITIC_PROMPTS = [
     "reading a book in a sunlit library",
@@ -336,7 +428,11 @@ class CriticConfig(_Section):
         description="Evaluation scenes, not in the training set; the trigger word is inserted automatically.",
     )
     seeds: list[Seed] = Field(default_factory=lambda: [1001, 1002], min_length=1, description="Seeds per prompt.")
-    epochs: Literal["all", "last"] | list[int] = Field(default="all", description="Epochs to score.")
+    epochs: Literal["search", "all", "last"] | list[int] = Field(
+        default="search",
+        description="Epochs to score: `search` starts from the live identity curve's best epochs (or every 4th "
+        "and the last, without one) and scores neighbours until none is better; `all`, `last`, or a list.",
+    )
     lora_scale: float = Field(default=1.0, gt=0, le=2.0, description="LoRA strength for evaluation images.")
     max_retries: int = Field(default=3, ge=0, le=10, description="Retries of a failed image with an adjusted prompt.")
     identity_threshold: float | None = Field(
@@ -395,42 +491,20 @@ class CriticConfig(_Section):
 class GenerateConfig(_Section):
     """`zirelia generate`: new persona images with the trained LoRA, each passed by the critic (flags override)."""
 
-    prompts: list[NonEmptyStr] = Field(
-        default_factory=list,
-        description="Scenes drawn when no --prompt / --prompts is given; the trigger word is inserted automatically.",
-    )
+    prompts: list[NonEmptyStr] = Field(default_factory=list, description="Scenes drawn when no prompt is passed.")
     count: int = Field(default=1, ge=1, le=10_000, description="Images per prompt (--count).")
-    seed: Seed | None = Field(
-        default=None,
-        description="Base seed: image n of a prompt uses seed + n (--seed). Default: derived from the prompt text, "
-        "so the same command draws the same images and a rerun resumes.",
-    )
-    lora: Path | None = Field(
-        default=None,
-        description="LoRA file (--lora): default the run's best.safetensors; any kohya-format LoRA for the same "
-        "base model works.",
-    )
+    seed: Seed | None = Field(default=None, description="Image n of a prompt uses seed + n; default: from its text.")
+    lora: Path | None = Field(default=None, description="LoRA file (--lora); default: the run's best.safetensors.")
     lora_scale: float | None = Field(
-        default=None,
-        gt=0,
-        le=2.0,
-        description="LoRA scale of first attempts (--scale). Default: the scale the critic chose for the best "
-        "epoch (critic/selection.json), else [critic] lora_scale.",
+        default=None, gt=0, le=2.0, description="LoRA scale (--scale); default: the critic's for the best epoch."
     )
     max_retries: int | None = Field(
-        default=None,
-        ge=0,
-        le=10,
-        description="Retries of a rejected image (--max-retries; default [critic] max_retries).",
+        default=None, ge=0, le=10, description="Retries of a rejected image; default: [critic] max_retries."
     )
-    keep_rejected: bool = Field(
-        default=False, description="Keep rejected attempts' images under rejected/ (--keep-rejected)."
-    )
+    keep_rejected: bool = Field(default=False, description="Keep rejected attempts under rejected/.")
     steps: int | None = Field(default=None, ge=1, description="Denoising steps (default: as the critic draws).")
     guidance: float | None = Field(default=None, ge=0, description="Guidance (default: as the critic draws).")
-    resolution: int | None = Field(
-        default=None, ge=64, multiple_of=16, description="Image size (default: as the critic draws)."
-    )
+    resolution: int | None = Field(default=None, ge=64, multiple_of=16, description="Size (default: the critic's).")
 
 
 class RunConfig(_Section):

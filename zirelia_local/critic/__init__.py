@@ -8,6 +8,7 @@ below: `renderer_for` (the base model with a LoRA), `Critic` (the judge), `draw_
 
 from zirelia_local.critic.attempts import EvaluationItem, attempt_outcome, clip_text, draw_and_judge
 from zirelia_local.critic.judge import Critic
+from zirelia_local.critic.live import LiveJudge, live_judge
 from zirelia_local.critic.renderers import (
     EvaluationRenderer,
     evaluation_base_model,
@@ -30,6 +31,7 @@ __all__ = [
     "CriticResult",
     "EvaluationItem",
     "EvaluationRenderer",
+    "LiveJudge",
     "Verdict",
     "attempt_outcome",
     "clip_text",
@@ -39,6 +41,7 @@ __all__ = [
     "evaluation_size",
     "first_attempt",
     "invocation",
+    "live_judge",
     "next_attempt",
     "renderer_for",
     "run_critic",

@@ -4,7 +4,8 @@
   measured on the main face when there is one (a portrait's blurred background is wanted, a blurred face
   is not), else on the whole image; the region is scaled so its long side is at most 512 px first, so the
   figure does not depend on the output resolution;
-- exposure: mean luma (Rec. 601) in 0..1, too low = underexposed, too high = overexposed;
+- exposure: mean luma (Rec. 601) in 0..1, too low = underexposed, too high = overexposed (these two
+  measures live in common/images.py, so the dataset stage ranks its anchor portraits by the same numbers);
 - face geometry: the main face's size (shorter box side, px) and whether its box touches the frame;
 - faces: how many faces count as main faces (at least `second_face_ratio` of the largest one's size).
 """
@@ -12,8 +13,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import numpy as np
 
 from zirelia_local.common.config import CriticConfig
 from zirelia_local.critic.verdict import (
@@ -30,47 +29,6 @@ from zirelia_local.critic.verdict import (
     Check,
 )
 from zirelia_local.faces.base import DetectedFace
-
-SHARPNESS_MAX_SIDE = 512
-
-
-def grey(rgb: np.ndarray) -> np.ndarray:
-    """Rec. 601 luma of an RGB uint8 array, as float32 in 0..255."""
-    rgb = np.asarray(rgb, dtype=np.float32)
-    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-
-
-def laplacian_variance(gray: np.ndarray) -> float:
-    """Variance of the 4-neighbour Laplacian (grey levels 0..255); 0 for images under 3x3."""
-    gray = np.asarray(gray, dtype=np.float32)
-    if gray.shape[0] < 3 or gray.shape[1] < 3:
-        return 0.0
-    laplacian = gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:] - 4.0 * gray[1:-1, 1:-1]
-    return float(laplacian.var())
-
-
-def sharpness_region(rgb: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
-    """The grey region the sharpness is measured on: the face box (if any), long side at most 512 px."""
-    from PIL import Image
-
-    region = rgb
-    if box is not None:
-        left, top, right, bottom = box
-        if right - left >= 3 and bottom - top >= 3:
-            region = rgb[top:bottom, left:right]
-    height, width = region.shape[:2]
-    scale = SHARPNESS_MAX_SIDE / max(height, width)
-    if scale < 1.0:
-        resized = Image.fromarray(np.ascontiguousarray(region)).resize(
-            (max(round(width * scale), 1), max(round(height * scale), 1)), Image.BILINEAR
-        )
-        region = np.asarray(resized)
-    return grey(region)
-
-
-def mean_brightness(rgb: np.ndarray) -> float:
-    """Mean luma in 0..1."""
-    return float(grey(rgb).mean() / 255.0)
 
 
 def main_faces(faces: Sequence[DetectedFace], ratio: float) -> list[DetectedFace]:

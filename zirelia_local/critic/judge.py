@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from zirelia_local.common.config import CriticConfig, ZireliaConfig
 from zirelia_local.common.console import warn
-from zirelia_local.common.images import load_rgb
+from zirelia_local.common.images import laplacian_variance, load_rgb, mean_brightness, sharpness_region
 from zirelia_local.critic.checks import (
     check_exposure,
     check_face_found,
@@ -22,10 +22,7 @@ from zirelia_local.critic.checks import (
     check_face_size,
     check_sharpness,
     check_single_face,
-    laplacian_variance,
     main_faces,
-    mean_brightness,
-    sharpness_region,
 )
 from zirelia_local.critic.clip_score import ClipAvailability, load_clip_scorer
 from zirelia_local.critic.verdict import (

@@ -1,5 +1,7 @@
-"""`zirelia critic CONFIG`: draw the evaluation images with every saved epoch's LoRA, judge them, retry the
-rejected ones with adjusted prompts, pick the best epoch and write `best.safetensors`.
+"""`zirelia critic CONFIG`: draw the evaluation images with the saved epochs' LoRAs, judge them, retry the
+rejected ones with adjusted prompts, pick the best epoch and write `best.safetensors`. Which epochs are drawn
+is `[critic] epochs`: by default a search that starts from the live identity curve training left
+(`search.py`) and scores only the epochs near the best one; or all of them, the last, or a list.
 
 The base pipeline is loaded once (FLUX, or the SD1.5/SDXL model training used: `renderers.py`); each epoch's
 LoRA is loaded with `load_lora_weights` as its own adapter, its scale set with `set_adapters`, and deleted
@@ -10,7 +12,8 @@ after the epoch. Files, in `<run_dir>/critic/`:
   hash + settings); a rerun reuses an epoch whose key still matches, so a crash loses at most one epoch;
 - `scores.jsonl`: one line per attempt (epoch, prompt, seed, attempt, adjusted prompt, LoRA scale, scores,
   reasons, verdict), rewritten whole at the end;
-- `selection.json`: the score table, the chosen epoch and why; and `<run_dir>/best.safetensors`.
+- `selection.json`: the score table, the chosen epoch and why, which epochs were scored and what that cost
+  against scoring all (`search`); and `<run_dir>/best.safetensors`.
 """
 
 from __future__ import annotations
@@ -49,10 +52,12 @@ from zirelia_local.critic.renderers import (
     renderer_for,
 )
 from zirelia_local.critic.retry import Attempt
+from zirelia_local.critic.search import cost, search_start
 from zirelia_local.critic.selection import (
     EpochScore,
     Selection,
     chosen_lora_scale,
+    search_epochs,
     select_epoch,
     summarize_epoch,
 )
@@ -87,7 +92,8 @@ def evaluation_items(config: ZireliaConfig) -> list[EvaluationItem]:
 
 
 def epochs_to_score(files: dict[int, Path], wanted: str | list[int]) -> dict[int, Path]:
-    if wanted == "all":
+    """The epochs a fixed choice names ("all", "last" or a list); the search picks its own as it goes."""
+    if wanted in ("all", "search"):
         return files
     if wanted == "last":
         last = max(files)
@@ -96,7 +102,7 @@ def epochs_to_score(files: dict[int, Path], wanted: str | list[int]) -> dict[int
     if missing:
         raise ZireliaError(
             f"[critic] epochs lists {missing}, but only epochs {sorted(files)} were saved",
-            hint='use epochs = "all", "last", or a list of saved epochs',
+            hint='use epochs = "search", "all", "last", or a list of saved epochs',
         )
     return {epoch: files[epoch] for epoch in sorted(set(wanted))}
 
@@ -143,7 +149,8 @@ def _epoch_key(config: ZireliaConfig, lora: Path, critic: Critic) -> str:
     identity = config.run_dir / "identity.safetensors"
     parts = {
         "lora": sha256_file(lora),
-        "critic": config.critic.model_dump(mode="json"),
+        # which epochs are scored does not change an epoch's images: switching search <-> all reuses them
+        "critic": config.critic.model_dump(mode="json", exclude={"epochs"}),
         "settings": _settings(config),
         "embedder": critic.embedder.name,
         "identity": sha256_file(identity) if identity.is_file() else None,
@@ -197,7 +204,8 @@ def evaluate_epoch(
 
 
 def run_critic(config: ZireliaConfig, *, renderer: EvaluationRenderer | None = None) -> CriticResult:
-    """Score every saved epoch (retrying rejected images), pick the best one, write best.safetensors.
+    """Score the saved epochs `[critic] epochs` asks for (retrying rejected images), pick the best one, write
+    best.safetensors.
 
     `renderer` defaults to the trained model family's base pipeline with each epoch's LoRA (`renderer_for`).
     """
@@ -212,19 +220,22 @@ def run_critic(config: ZireliaConfig, *, renderer: EvaluationRenderer | None = N
             f"{config.lora_name}.safetensors in {folder}",
             hint="run `zirelia train CONFIG` first (the critic scores the epochs it saves)",
         )
-    epochs = epochs_to_score(files, config.critic.epochs)
+    mode = config.critic.epochs
+    epochs = epochs_to_score(files, mode)
     critic = Critic.from_config(config)
     items = evaluation_items(config)
     info(
-        f"critic: {len(epochs)} epoch(s) x {len(items)} evaluation image(s), up to {config.critic.max_retries} "
+        f"critic: {'a search among ' if mode == 'search' else ''}{len(epochs)} epoch(s) x {len(items)} evaluation "
+        f"image(s), up to {config.critic.max_retries} "
         f"retries each; identity by {critic.embedder.name}"
         + ("" if critic.reference is not None else " (no reference identity)")
         + escape(f", prompt adherence {'by CLIP ' + str(critic.clip.source) if critic.clip.scorer else 'not scored'}")
     )
     renderer = renderer if renderer is not None else renderer_for(config)
-    all_records: list[dict[str, Any]] = []
-    table: list[EpochScore] = []
-    for epoch, lora in epochs.items():
+    records_of: dict[int, list[dict[str, Any]]] = {}
+
+    def score(epoch: int) -> EpochScore:
+        lora = files[epoch]
         key = _epoch_key(config, lora, critic)
         folder_of_epoch = epoch_dir(run_dir, epoch)
         records = _cached_records(folder_of_epoch, key, run_dir)
@@ -238,9 +249,18 @@ def run_critic(config: ZireliaConfig, *, renderer: EvaluationRenderer | None = N
                 folder_of_epoch / RESULTS_NAME,
                 {"key": key, "epoch": epoch, "lora": os.path.relpath(lora, run_dir), "attempts": records},
             )
-        all_records.extend(records)
-        table.append(summarize_epoch(epoch, records))
+        records_of[epoch] = records
+        return summarize_epoch(epoch, records)
 
+    if mode == "search":
+        start, basis = search_start(config, sorted(files))
+        info(escape(f"epoch search: starting from epochs {start} ({basis})"))
+        scored = search_epochs(sorted(files), score, start=start, max_clip_drop=config.critic.max_clip_drop)
+    else:
+        start, basis, scored = [], "", [score(epoch) for epoch in epochs]
+    searched = cost(mode, sorted(files), [row.epoch for row in scored], records_of, len(items), start, basis)
+    table = sorted(scored, key=lambda row: row.epoch)
+    all_records = [record for row in table for record in records_of[row.epoch]]
     critic_dir = run_dir / CRITIC_DIR
     scores_file = write_jsonl(critic_dir / SCORES_NAME, all_records)
     selection = select_epoch(table, max_clip_drop=config.critic.max_clip_drop)
@@ -248,18 +268,19 @@ def run_critic(config: ZireliaConfig, *, renderer: EvaluationRenderer | None = N
     scale, scale_reason = config.critic.lora_scale, "no epoch was chosen"
     if selection.epoch is not None:
         best_file = run_dir / BEST_NAME
-        link_or_copy(epochs[selection.epoch], best_file)
+        link_or_copy(files[selection.epoch], best_file)
         chosen = [record for record in all_records if record["epoch"] == selection.epoch]
         scale, scale_reason = chosen_lora_scale(chosen, config.critic.lora_scale)
     selection_file = atomic_write_json(
         critic_dir / SELECTION_NAME,
         {
             **selection.to_record(),
-            "lora": os.path.relpath(epochs[selection.epoch], run_dir) if selection.epoch is not None else None,
+            "lora": os.path.relpath(files[selection.epoch], run_dir) if selection.epoch is not None else None,
             "best": BEST_NAME if best_file is not None else None,
             "lora_scale": scale,
             "lora_scale_reason": scale_reason,
             "table": [row.to_record() for row in table],
+            "search": searched,
             "identity": _identity_record(critic),
             "clip": {"source": critic.clip.source, "unavailable_reason": critic.clip.reason},
             "settings": _settings(config),
@@ -267,6 +288,11 @@ def run_critic(config: ZireliaConfig, *, renderer: EvaluationRenderer | None = N
         },
     )
     _print_table(table, selection)
+    if len(table) < len(files):
+        info(
+            f"scored {len(table)} of {len(files)} saved epochs ({searched['images']} images drawn; scoring all "
+            f"would have drawn about {searched['all_images_estimate']})"
+        )
     if selection.basis == "identity":
         info(
             f"[bold]best epoch: {selection.epoch}[/bold] -> {escape(str(best_file))}\n  why: {escape(selection.reason)}"

@@ -19,15 +19,15 @@ def check_curation_for_training(config: ZireliaConfig, *, dry_run: bool = False)
     and `train_data/` then still holds the few it kept: training on them would quietly make a weak LoRA.
     """
     run_dir = config.run_dir
-    if not dry_run and not Manifest(run_dir).generated():
-        raise ZireliaError(
-            f"nothing to train on in {run_dir}: it holds no generated image ({MANIFEST_NAME} is missing or empty)",
-            hint="run `zirelia dataset CONFIG` (and `zirelia curate CONFIG`) first, or the whole job with "
-            "`python -m zirelia_local.train CONFIG`",
-        )
     path = run_dir / CURATION_SUMMARY
     summary = read_json_object(path)
     if summary is None:
+        if not dry_run and not Manifest(run_dir).generated():
+            raise ZireliaError(
+                f"nothing to train on in {run_dir}: it holds no generated image ({MANIFEST_NAME} is missing or empty)",
+                hint="run `zirelia dataset CONFIG` (and `zirelia curate CONFIG`) first, or the whole job with "
+                "`python -m zirelia_local.train CONFIG`",
+            )
         if config.curate.mode == "enforce":
             warn(
                 escape(

@@ -101,6 +101,7 @@ def write_outputs(config: ZireliaConfig, run_dir: Path, manifest: Manifest, resu
             "minimum": result.minimum,
             "top_up_rounds": result.rounds,
             "counts": result.counts,
+            "cohesion": result.cohesion.to_record() if result.cohesion is not None else None,
             "ok": result.mode == "record" or len(result.kept) >= result.minimum,
         },
     )

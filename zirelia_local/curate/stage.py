@@ -9,14 +9,16 @@ crowd of lookalikes. This stage, run after the dataset stage:
 3. finds the persona's identity among the rest: the largest cohesive cluster (in the spirit of "The Chosen
    One", Avrahami et al. 2024) -- the image with the most neighbours within the same-person threshold seeds
    it, its neighbourhood's centroid is refined until the set within the threshold stops changing -- or, when
-   `[curate] reference_images` is set, the centroid of the user's photos;
+   `[curate] reference_images` is set, the centroid of the user's photos, or, for an identity-anchored
+   dataset (`[dataset] identity = "anchor"`), the anchor portrait's face;
 4. keeps the images within the threshold of that reference identity, saved as `identity.safetensors`;
 5. if fewer than the target remain, generates more with new seeds (the next entries of the same plan) and
    repeats, up to `top_up_rounds` rounds per run directory; below the minimum it stops with the numbers.
 
 Every decision goes to `curation.jsonl` (one line per input image) and into the image's manifest record
-(`curation`), with a summary in `curation.json` and a contact sheet `contact_sheet.png`; then `train_data/`
-is rebuilt from the kept images. In `mode = "record"` every image is scored and logged but none is dropped.
+(`curation`), with a summary in `curation.json` (with the set's identity cohesion, `cohesion.py`) and a
+contact sheet `contact_sheet.png`; then `train_data/` is rebuilt from the kept images. In `mode = "record"`
+every image is scored and logged but none is dropped.
 
 The steps live beside this module: `scan` (faces and their cache), `verdicts` (checks, identity, decisions),
 `inputs` (`--images DIR`), `topup` (more images), `outputs` (files written, shortfall error), `gate`
@@ -36,6 +38,7 @@ from zirelia_local.common.console import info, warn
 from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.manifest import Manifest
 from zirelia_local.common.rundir import prepare_run_dir
+from zirelia_local.curate.cohesion import Cohesion, identity_cohesion
 from zirelia_local.curate.inputs import INPUT_ORIGIN, generated_records, import_images
 from zirelia_local.curate.outputs import shortfall_error, write_outputs
 from zirelia_local.curate.scan import FaceCache, scan_faces
@@ -45,10 +48,12 @@ from zirelia_local.curate.verdicts import (
     REASON_TEXT,
     Decision,
     IdentityChoice,
+    anchor_identity,
     count_reasons,
     decide,
     reference_identity,
 )
+from zirelia_local.dataset import ANCHOR_IMAGE, read_anchor
 from zirelia_local.dataset.captions import TrainingSet
 from zirelia_local.faces import FaceEmbedder, load_embedder
 
@@ -67,6 +72,7 @@ class CurateResult:
     minimum: int
     rounds: int
     counts: dict[str, int] = field(default_factory=dict)
+    cohesion: Cohesion | None = None
     contact_sheet: Path | None = None
     training_set: TrainingSet | None = None
 
@@ -113,9 +119,16 @@ def run_curate(
 
     embedder = embedder or load_embedder(curate)
     threshold = curate.threshold if curate.threshold is not None else embedder.threshold
-    anchor = (
-        reference_identity(embedder, curate.reference_images, curate, threshold) if curate.reference_images else None
-    )
+    anchor: IdentityChoice | None = None
+    if curate.reference_images:
+        anchor = reference_identity(embedder, curate.reference_images, curate, threshold)
+    elif config.dataset.identity == "anchor" and images_dir is None:
+        if read_anchor(run_dir) is None:
+            raise ZireliaError(
+                f'[dataset] identity = "anchor" but {run_dir} has no valid {ANCHOR_IMAGE}',
+                hint="run `zirelia dataset CONFIG` first (it makes the anchor)",
+            )
+        anchor = anchor_identity(embedder, run_dir / ANCHOR_IMAGE, curate, threshold)
     cache = FaceCache(run_dir, embedder.model_id)
     target, minimum = config.curate_target, config.curate_minimum
     can_top_up = images_dir is None and curate.mode == "enforce"
@@ -135,6 +148,19 @@ def run_curate(
         )
         records = generated_records(manifest)
 
+    usable = [
+        (d.id or d.file, d.face.embedding)
+        for d in decisions
+        if d.face is not None and d.reason in (REASON_OK, "wrong_identity")
+    ]
+    cohesion = identity_cohesion(
+        embedder,
+        usable,
+        len(records),
+        threshold,
+        top_up_rounds=max((int(r.get("round", 0)) for r in records), default=0),
+        target_reached=passing >= target,
+    )
     decisions = decisions + skipped
     result = CurateResult(
         run_dir=run_dir,
@@ -147,6 +173,7 @@ def run_curate(
         minimum=minimum,
         rounds=max((int(r.get("round", 0)) for r in records), default=0),
         counts=count_reasons(decisions),
+        cohesion=cohesion,
     )
     write_outputs(config, run_dir, manifest, result)
     summary = ", ".join(f"{REASON_TEXT[k]} {v}" for k, v in result.counts.items() if v and k != REASON_OK)
@@ -154,6 +181,11 @@ def run_curate(
         f"curation: {len(result.passing)} of {len(decisions)} image(s) are the persona"
         + (f" ({summary})" if summary else "")
         + f"; {len(result.kept)} go on to training ({result.training_set.folder}); contact sheet {result.contact_sheet}"
+    )
+    distance = "-" if cohesion.mean_pairwise_distance is None else f"{cohesion.mean_pairwise_distance:.2f}"
+    info(
+        f"identity cohesion: mean pairwise face distance {distance}, {cohesion.largest_cluster_share:.0%} of "
+        f"{cohesion.images} image(s) in the largest identity cluster, {cohesion.top_up_rounds} top-up round(s)"
     )
     if curate.mode == "record":
         if result.passing != result.kept:

@@ -12,7 +12,7 @@ from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.console import info
 from zirelia_local.common.files import read_jsonl, write_jsonl
 from zirelia_local.common.manifest import Manifest
-from zirelia_local.dataset import PLAN_NAME, PlannedImage, generate_images, load_generator_pipeline, plan_images
+from zirelia_local.dataset import PLAN_NAME, PlannedImage, generate_images, load_dataset_pipeline, plan_images
 
 # A top-up round asks for (missing / acceptance rate so far) images, the rate floored at 25% so a run that
 # has kept nothing yet asks for 4x the missing count, plus 20% for the images the next round loses too.
@@ -34,7 +34,8 @@ def top_up_count(missing: int, passing: int, scanned: int) -> int:
 
 
 class TopUpGenerator:
-    """Loads the FLUX pipeline on first use only, and keeps it across top-up rounds."""
+    """Loads the dataset's pipeline (FLUX, or FLUX.1 Kontext for an anchored dataset) on first use only, and
+    keeps it across top-up rounds."""
 
     def __init__(self, config: ZireliaConfig, pipe: Any = None) -> None:
         self.config = config
@@ -43,7 +44,7 @@ class TopUpGenerator:
     def generate(self, run_dir: Path, manifest: Manifest, entries: Sequence[PlannedImage], round_index: int) -> None:
         """Add `entries` to the run's plan and draw them into the manifest as round `round_index`."""
         if self.pipe is None:
-            self.pipe = load_generator_pipeline(self.config, "for top-up generation")
+            self.pipe = load_dataset_pipeline(self.config, "for top-up generation")
         _append_plan(run_dir, entries)
         generate_images(self.config, run_dir, entries, manifest, round_index=round_index, pipe=self.pipe)
 

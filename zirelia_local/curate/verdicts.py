@@ -11,16 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.markup import escape
 
 from zirelia_local.common.config import CurateConfig
 from zirelia_local.common.console import warn
 from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.images import load_rgb
 from zirelia_local.faces import DetectedFace, FaceEmbedder
+from zirelia_local.faces.verdict import face_verdict
 
 CLUSTER_MAX_ITERATIONS = 20
 
-REASON_OK = "ok"
+REASON_OK = "ok"  # faces.verdict.FACE_OK: the face checks passed
 REASON_TEXT = {
     "ok": "same identity",
     "no_face": "no face",
@@ -77,28 +79,6 @@ class IdentityChoice:
     iterations: int = 0
 
 
-def face_verdict(faces: list[DetectedFace] | None, curate: CurateConfig) -> tuple[str, DetectedFace | None]:
-    """(reason, main face) from the face checks alone; reason "ok" means: go on to the identity check.
-
-    A second face counts when it passes the score limit and is at least half of `min_face_size`: smaller
-    detections are detector noise or far-away people, too small to be learnt as the persona.
-    """
-    if faces is None:
-        return "unreadable", None
-    if not faces:
-        return "no_face", None
-    passing = [face for face in faces if face.score >= curate.min_detection_score]
-    if not passing:
-        return "low_detection_score", max(faces, key=lambda face: face.area)
-    main = max(passing, key=lambda face: face.area)
-    others = [face for face in passing if face is not main and face.size >= curate.min_face_size / 2]
-    if others:
-        return "multiple_faces", main
-    if main.size < curate.min_face_size:
-        return "face_too_small", main
-    return REASON_OK, main
-
-
 def choose_cluster(
     embedder: FaceEmbedder, candidates: Sequence[tuple[str, np.ndarray]], threshold: float
 ) -> IdentityChoice | None:
@@ -142,9 +122,16 @@ def choose_cluster(
 
 
 def reference_identity(
-    embedder: FaceEmbedder, paths: Sequence[Path], curate: CurateConfig, threshold: float
+    embedder: FaceEmbedder,
+    paths: Sequence[Path],
+    curate: CurateConfig,
+    threshold: float,
+    *,
+    source: str = "reference_images",
 ) -> IdentityChoice:
-    """The centroid of the user's reference photos (each must show exactly one clear face)."""
+    """The centroid of the user's reference photos (each must show exactly one clear face); `source` is what
+    the identity records as its origin ("reference_images", or "anchor" for the anchor portrait)."""
+    label = "anchor portrait" if source == "anchor" else "reference photo"
     missing = [str(path) for path in paths if not Path(path).expanduser().is_file()]
     if missing:
         raise ZireliaError(
@@ -158,7 +145,7 @@ def reference_identity(
         try:
             arrays.append(load_rgb(Path(path).expanduser()))
         except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise ZireliaError(f"reference photo {path} cannot be read: {error}") from None
+            raise ZireliaError(f"{label} {path} cannot be read: {error}") from None
     vectors = []
     # A reference face may be small (a phone photo): only detection, a single face and the identity matter.
     lenient = curate.model_copy(update={"min_face_size": 8})
@@ -166,7 +153,7 @@ def reference_identity(
         reason, face = face_verdict(faces, lenient)
         if face is None or reason in ("multiple_faces", "low_detection_score"):
             raise ZireliaError(
-                f"reference photo {path}: {REASON_TEXT[reason]} ({len(faces)} face(s) found by {embedder.name})",
+                f"{label} {path}: {REASON_TEXT[reason]} ({len(faces)} face(s) found by {embedder.name})",
                 hint="use photos that show the persona's face alone, frontal and well lit; crop group photos",
             )
         vectors.append((str(path), face.embedding))
@@ -179,7 +166,25 @@ def reference_identity(
                     f"{threshold:.2f}): they may not show the same person"
                 )
     centroid = embedder.centroid([vector for _, vector in vectors])
-    return IdentityChoice(embedding=centroid, source="reference_images", count=len(vectors))
+    return IdentityChoice(embedding=centroid, source=source, count=len(vectors))
+
+
+def anchor_identity(
+    embedder: FaceEmbedder, anchor: Path, curate: CurateConfig, threshold: float
+) -> IdentityChoice | None:
+    """The anchor portrait's face as the persona's identity. In record mode an anchor with no usable face
+    (the random demo model draws none) gives None, so the largest cluster is used, as without an anchor."""
+    try:
+        return reference_identity(embedder, [anchor], curate, threshold, source="anchor")
+    except ZireliaError as error:
+        if curate.mode == "record":
+            warn(escape(f"{error.message}: no identity to judge by, so the largest face cluster is used"))
+            return None
+        raise ZireliaError(
+            f"{error.message}: the anchor gives curation no identity to judge by",
+            hint="rerun `zirelia dataset CONFIG` with another [dataset] anchor_image (or more anchor_candidates), "
+            "or set [curate] reference_images",
+        ) from None
 
 
 def decide(

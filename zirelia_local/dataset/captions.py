@@ -115,6 +115,48 @@ def evaluation_prompt(config: ZireliaConfig, scene: str) -> str:
     return f"{config.persona.trigger_word}, a photo of {config.persona.caption_phrase}, {scene}"
 
 
+#: The live sample prompts' framings: the identity curve needs a visible face, in varied views.
+SAMPLE_FRAMINGS = (
+    "close-up portrait facing the camera",
+    "head and shoulders, three-quarter view",
+    "waist-up shot, looking slightly away",
+    "head and shoulders, looking at the camera",
+)
+MAX_SAMPLE_PROMPTS = 4
+
+
+@dataclass(frozen=True)
+class SamplePrompt:
+    """One prompt of `sample_prompts.txt`, drawn at every sampled epoch with the same seed."""
+
+    index: int
+    scene: str
+    prompt: str
+    seed: int
+
+
+def sample_prompts(config: ZireliaConfig) -> list[SamplePrompt]:
+    """The live identity curve's prompts: up to four of the critic's scenes (not in the training set), each with
+    the trigger word and a framing that shows the face, and a seed fixed across epochs (the critic's seeds in
+    turn), so the curve compares epochs on the same draws."""
+    persona, seeds = config.persona, config.critic.seeds
+    return [
+        SamplePrompt(
+            index=index,
+            scene=scene,
+            prompt=f"{persona.trigger_word}, a photo of {persona.caption_phrase}, "
+            f"{SAMPLE_FRAMINGS[index % len(SAMPLE_FRAMINGS)]}, {scene}",
+            seed=seeds[index % len(seeds)],
+        )
+        for index, scene in enumerate(config.critic.prompts[:MAX_SAMPLE_PROMPTS])
+    ]
+
+
+def sample_size(config: ZireliaConfig) -> int:
+    """Side of the sample images: `[train] sample_resolution`, at most the dataset's."""
+    return min(config.train.sample_resolution, config.dataset.resolution)
+
+
 def run_caption(config: ZireliaConfig) -> TrainingSet:
     """`zirelia caption`: rebuild the training set's captions and sd-scripts files from the manifest.
 
@@ -170,16 +212,15 @@ def write_training_set(
         ),
     )
     critic = config.critic
-    size = critic.resolution or config.dataset.resolution
     lines = [
         sample_prompt_line(
-            evaluation_prompt(config, scene),
-            size=size,
-            seed=critic.seeds[0],
+            sample.prompt,
+            size=sample_size(config),
+            seed=sample.seed,
             steps=critic.steps or config.generator.steps,
             guidance=critic.guidance if critic.guidance is not None else config.generator.guidance,
         )
-        for scene in critic.prompts
+        for sample in sample_prompts(config)
     ]
     prompts_path = atomic_write_text(run_dir / SAMPLE_PROMPTS, "\n".join(lines) + "\n")
     return TrainingSet(

@@ -1,9 +1,10 @@
-"""Loading a diffusers `FluxPipeline` the way a given card can hold it.
+"""Loading a diffusers `FluxPipeline` (or `FluxKontextPipeline`) the way a given card can hold it.
 
 Shared by generation, the critic and the diffusers training backend, so the model is loaded one way
 everywhere: `from_pretrained` (hub id, local folder or the built-in tiny model), a dtype, a device from
 accelerate, then one memory mode (all on the GPU, model offload, sequential offload) and optionally a
-quantized or fp8-stored transformer.
+quantized or fp8-stored transformer. FLUX.1 Kontext (`[generator] kontext_model`, the anchored dataset)
+is the same architecture and goes through the same code, with the same `[generator]` memory settings.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from zirelia_local.dataset.tiny_flux import is_builtin, resolve_builtin
 
 if TYPE_CHECKING:
     import torch
-    from diffusers import FluxPipeline
+    from diffusers import FluxKontextPipeline, FluxPipeline
 
 logger = logging.getLogger(__name__)
 
 GIB = 1024**3
 FLUX_DEV_LICENSE_URL = "https://huggingface.co/black-forest-labs/FLUX.1-dev"
+# The two kinds of pipeline the stages load: the config key naming the weights, and the diffusers class.
+FLUX = ("[generator] model", "FluxPipeline")
+KONTEXT = ("[generator] kontext_model", "FluxKontextPipeline")
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -55,12 +59,14 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def refuse_real_model_on_auto_cpu(gen: GeneratorConfig, device: torch.device) -> None:
+def refuse_real_model_on_auto_cpu(gen: GeneratorConfig, device: torch.device, model: str | None = None) -> None:
     """`device = "auto"` that found no GPU must not quietly start FLUX.1-dev on the CPU: about 50 GB of RAM
-    and hours per image. An explicit `device = "cpu"` (a small local model, a patient user) still runs."""
-    if gen.device == "auto" and device.type == "cpu" and not is_builtin(gen.model):
+    and hours per image. An explicit `device = "cpu"` (a small local model, a patient user) still runs.
+    `model` defaults to `gen.model` (the Kontext loader passes `gen.kontext_model`)."""
+    model = model or gen.model
+    if gen.device == "auto" and device.type == "cpu" and not is_builtin(model):
         raise ZireliaError(
-            f'no GPU found for {gen.model} ([generator] device = "auto"): a FLUX-size model on the CPU needs '
+            f'no GPU found for {model} ([generator] device = "auto"): a FLUX-size model on the CPU needs '
             "about 50 GB of RAM and hours per image",
             hint="run on a machine with a CUDA GPU (`zirelia doctor CONFIG` checks it), try configs/demo.toml on "
             'this one, or set [generator] device = "cpu" to run on the CPU anyway',
@@ -123,8 +129,9 @@ def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def resolve_model_source(model: str) -> str:
-    """A local folder, a built-in model's folder, or a hub id (returned unchanged)."""
+def resolve_model_source(model: str, key: str = FLUX[0]) -> str:
+    """A local folder, a built-in model's folder, or a hub id (returned unchanged); `key` names the config key
+    in messages."""
     if is_builtin(model):
         return str(resolve_builtin(model))
     path = Path(model).expanduser()
@@ -132,14 +139,15 @@ def resolve_model_source(model: str) -> str:
         if not (path / "model_index.json").is_file():
             raise ZireliaError(
                 f"{path} is not a diffusers pipeline folder (no model_index.json)",
-                hint="point [generator] model at a folder saved with save_pretrained (or a hub id); single-file "
+                hint=f"point {key} at a folder saved with save_pretrained (or a hub id); single-file "
                 "checkpoints like flux1-dev.safetensors are for [train] pretrained_model",
             )
         return str(path)
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        example = "black-forest-labs/FLUX.1-Kontext-dev" if key == KONTEXT[0] else "black-forest-labs/FLUX.1-dev"
         raise ConfigError(
-            f"[generator] model {model!r} is neither an existing folder nor a hub id like 'owner/name'",
-            hint="check the path, or use 'black-forest-labs/FLUX.1-dev'",
+            f"{key} {model!r} is neither an existing folder nor a hub id like 'owner/name'",
+            hint=f"check the path, or use '{example}'",
         )
     return model
 
@@ -161,9 +169,10 @@ def hub_token() -> str | None:
         return None
 
 
-def explain_load_failure(model: str, error: BaseException) -> ZireliaError:
+def explain_load_failure(model: str, error: BaseException, key: str = FLUX[0]) -> ZireliaError:
     """The user-facing error for a failed hub load of `model`: gated (no or refused token), wrong revision,
-    no such repository, or not cached while offline, read from `error` and its causes.
+    no such repository, or not cached while offline, read from `error` and its causes. `key` is the config
+    key that names the model ([generator] model or [generator] kontext_model).
 
     Every stage that loads FLUX weights from the hub raises this, so the hints stay the same everywhere.
     """
@@ -180,23 +189,31 @@ def explain_load_failure(model: str, error: BaseException) -> ZireliaError:
         return ZireliaError(
             f"{model} is a gated repository and the hub refused access"
             + (" with the token found" if has_token else " (no token found)"),
-            hint=f"accept the licence at {FLUX_DEV_LICENSE_URL} with your account, create a read token, "
+            hint=f"accept the licence at {_licence_url(model)} with your account, create a read token, "
             "then `export HF_TOKEN=hf_...` (or `hf auth login`) and run again",
         )
     if any(isinstance(item, RevisionNotFoundError) for item in chain):
-        return ZireliaError(f"revision not found for {model}", hint="check [generator] revision")
+        # [generator] model -> [generator] revision; [generator] kontext_model -> [generator] kontext_revision
+        return ZireliaError(f"revision not found for {model}", hint=f"check {key.replace('model', 'revision')}")
     if any(isinstance(item, RepositoryNotFoundError) for item in chain):
         return ZireliaError(
             f"no model {model!r} on the hub (or it is private)",
-            hint="check the spelling of [generator] model, or point it at a local diffusers folder",
+            hint=f"check the spelling of {key}, or point it at a local diffusers folder",
         )
     return ZireliaError(
         f"could not load the FLUX weights {model!r}: they are not in the local Hugging Face cache and the hub "
         "could not be reached",
-        hint="on a machine with internet, run `hf download black-forest-labs/FLUX.1-dev` (after accepting the "
-        "licence and setting HF_TOKEN), or copy the model folder here and set [generator] model to its path; "
-        "HF_HOME / HF_HUB_CACHE choose where the cache lives",
+        hint=f"on a machine with internet, run `hf download {model}` (after accepting the licence and setting "
+        f"HF_TOKEN), or copy the model folder here and set {key} to its path; HF_HOME / HF_HUB_CACHE choose "
+        "where the cache lives",
     )
+
+
+def _licence_url(model: str) -> str:
+    """The hub page where a gated model's licence is accepted (FLUX.1-dev's when `model` is a local path)."""
+    if model.count("/") == 1 and not Path(model).exists():
+        return f"https://huggingface.co/{model}"
+    return FLUX_DEV_LICENSE_URL
 
 
 def load_flux_pipeline(
@@ -206,17 +223,40 @@ def load_flux_pipeline(
 
     Only safetensors weights are read unless `allow_pickle` (the config's `[run] allow_pickle`) is set.
     """
+    return _load_pipeline(gen, gen.model, gen.revision, FLUX, device=device, allow_pickle=allow_pickle)
+
+
+def load_kontext_pipeline(
+    gen: GeneratorConfig, *, device: torch.device | None = None, allow_pickle: bool = False
+) -> FluxKontextPipeline:
+    """Load `[generator] kontext_model` as a FluxKontextPipeline, with the same device, dtype, memory mode and
+    quantization as the FLUX generator (the transformers are the same size)."""
+    return _load_pipeline(
+        gen, gen.kontext_model, gen.kontext_revision, KONTEXT, device=device, allow_pickle=allow_pickle
+    )
+
+
+def _load_pipeline(
+    gen: GeneratorConfig,
+    model: str,
+    revision: str | None,
+    kind: tuple[str, str],
+    *,
+    device: torch.device | None,
+    allow_pickle: bool,
+) -> Any:
+    import diffusers
     import torch
-    from diffusers import FluxPipeline
 
     from zirelia_local.common.console import quiet_library_progress
 
+    key, class_name = kind
     quiet_library_progress()
     device = device if device is not None else resolve_device(gen.device)
-    refuse_real_model_on_auto_cpu(gen, device)
+    refuse_real_model_on_auto_cpu(gen, device, model)
     dtype = resolve_dtype(gen.dtype, device)
     plan = plan_memory(gen, device)
-    source = resolve_model_source(gen.model)
+    source = resolve_model_source(model, key)
     if plan.memory != "none" and device.type != "cuda":
         raise ZireliaError(
             f"[generator] memory = {plan.memory!r} needs a CUDA GPU, but the device is {device}",
@@ -232,7 +272,7 @@ def load_flux_pipeline(
 
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": None if allow_pickle else True}
     if not Path(source).exists():
-        kwargs["revision"] = gen.revision
+        kwargs["revision"] = revision
         kwargs["token"] = hub_token()
     if plan.quantization.startswith("bnb_"):
         from diffusers.quantizers import PipelineQuantizationConfig
@@ -250,7 +290,7 @@ def load_flux_pipeline(
             quant_backend=backend, quant_kwargs=quant_kwargs, components_to_quantize=["transformer"]
         )
     try:
-        pipe = FluxPipeline.from_pretrained(source, **kwargs)
+        pipe = getattr(diffusers, class_name).from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
         if Path(source).exists():
             pickled = sorted({p.suffix for p in Path(source).rglob("*") if p.suffix in (".bin", ".pt", ".ckpt")})
@@ -261,7 +301,7 @@ def load_flux_pipeline(
                     "`allow_pickle = true` under [run] if you trust its source",
                 ) from error
             raise ZireliaError(f"could not load the pipeline from {source}: {error}") from error
-        raise explain_load_failure(source, error) from error
+        raise explain_load_failure(source, error, key) from error
 
     if plan.quantization == "fp8_storage":
         # Weights stored in fp8 (half of bf16), upcast layer by layer for compute.
@@ -284,6 +324,17 @@ def load_generator_pipeline(config: ZireliaConfig, purpose: str = "") -> FluxPip
 
     info(f"loading {config.generator.model}{f' {purpose}' if purpose else ''} ...")
     return load_flux_pipeline(config.generator, allow_pickle=config.run.allow_pickle)
+
+
+def load_dataset_pipeline(config: ZireliaConfig, purpose: str = "") -> Any:
+    """The pipeline that draws the dataset's planned images: FLUX.1 Kontext with `[dataset] identity =
+    "anchor"`, else the FLUX generator (curation's top-ups draw with it too)."""
+    if config.dataset.identity != "anchor":
+        return load_generator_pipeline(config, purpose)
+    from zirelia_local.common.console import info
+
+    info(f"loading {config.generator.kontext_model}{f' {purpose}' if purpose else ''} ...")
+    return load_kontext_pipeline(config.generator, allow_pickle=config.run.allow_pickle)
 
 
 def release_pipeline_memory() -> None:

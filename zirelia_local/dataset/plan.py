@@ -80,7 +80,7 @@ def _seeds(base_seed: int, fixed: int) -> Iterator[int]:
         index += 1
 
 
-def _axis_choices(dataset: DatasetConfig) -> Iterator[dict[str, int]]:
+def _axis_choices(dataset: DatasetConfig, fixed: int) -> Iterator[dict[str, int]]:
     """Yield, per image, the index of the chosen value on each axis (see module docstring)."""
     values = {axis: getattr(dataset, attr) for axis, attr in AXES}
     names = [axis for axis, _ in AXES]
@@ -93,7 +93,7 @@ def _axis_choices(dataset: DatasetConfig) -> Iterator[dict[str, int]]:
         # Rotate which axis is chosen first, so no axis always gets the unconstrained pick.
         start = index % len(names)
         for axis in names[start:] + names[:start]:
-            if axis == "angle" and index < dataset.fixed_seed_images:
+            if axis == "angle" and index < fixed:
                 chosen[axis] = 0  # the fixed-seed images share a front-facing framing
                 continue
             lowest = min(usage[axis])
@@ -120,16 +120,21 @@ def plan_images(
         count = max(dataset.count - start, 0)
     stop = start + count
     values = {axis: getattr(dataset, attr) for axis, attr in AXES}
+    # With an anchor, the anchor is the one face every image starts from: each image gets its own seed, and its
+    # prompt is the Kontext instruction that edits the anchor into the planned scene.
+    anchored = dataset.identity == "anchor"
+    fixed = 0 if anchored else dataset.fixed_seed_images
+    template = dataset.instruction_template if anchored else dataset.prompt_template
     planned: list[PlannedImage] = []
     for index, (choice, seed) in enumerate(
-        zip(_axis_choices(dataset), _seeds(dataset.seed, dataset.fixed_seed_images), strict=False)
+        zip(_axis_choices(dataset, fixed), _seeds(dataset.seed, fixed), strict=False)
     ):
         if index >= stop:
             break
         if index < start:
             continue
         axes = {axis: values[axis][choice[axis]] for axis, _ in AXES}
-        prompt = dataset.prompt_template.format(description=persona.description, **axes)
+        prompt = template.format(description=persona.description, **axes)
         caption = dataset.caption_template.format(
             trigger_word=persona.trigger_word,
             caption_class=persona.caption_phrase,
@@ -144,7 +149,7 @@ def plan_images(
                 axes=axes,
                 prompt=prompt,
                 caption=caption,
-                fixed_seed=index < dataset.fixed_seed_images,
+                fixed_seed=index < fixed,
             )
         )
     return planned

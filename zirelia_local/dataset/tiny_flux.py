@@ -1,9 +1,14 @@
-"""The embedded default model: a tiny, randomly initialised but real FLUX pipeline.
+"""The embedded default models: tiny, randomly initialised but real FLUX pipelines.
 
 No one can download FLUX.1-dev in CI or on a machine without a hub account, yet every stage must run
 for real. This module builds a pipeline from the real diffusers / transformers classes (FluxTransformer2DModel,
 AutoencoderKL, CLIPTextModel, T5EncoderModel) with tokenizers trained locally by the `tokenizers` library,
 saves it with `save_pretrained` into a cache folder, and from then on it loads like any other model folder.
+
+`builtin:tiny-flux` is saved as a `FluxPipeline` (text to image), `builtin:tiny-flux-kontext` as a
+`FluxKontextPipeline` (image + instruction to image): FLUX.1 Kontext [dev] has the same components and the
+same transformer class as FLUX.1-dev, with weights trained to read the input image's tokens beside the
+noise. The tiny Kontext gets its own random transformer (another seed), like the real one has its own weights.
 
 The build is deterministic (fixed seeds, fixed corpus) and atomic (built in a temporary folder, then renamed),
 so concurrent first runs or a kill mid-build never leave a half-written model behind.
@@ -19,8 +24,11 @@ from pathlib import Path
 
 BUILTIN_PREFIX = "builtin:"
 TINY_FLUX_NAME = "tiny-flux"
+TINY_KONTEXT_NAME = "tiny-flux-kontext"
 # Bump when the architecture or the tokenizer corpus changes, so old caches are not reused.
 TINY_FLUX_VERSION = 2
+# Built-in name -> (diffusers pipeline class saved into model_index.json, seed of the transformer's weights).
+_BUILTINS = {TINY_FLUX_NAME: ("FluxPipeline", 0), TINY_KONTEXT_NAME: ("FluxKontextPipeline", 10)}
 
 # Sizes chosen to satisfy FLUX's consistency rules while staying under a megabyte:
 # transformer in_channels = 4 x VAE latent channels; sum(axes_dims_rope) = attention_head_dim;
@@ -60,26 +68,36 @@ def is_builtin(model: str) -> bool:
 def resolve_builtin(model: str) -> Path:
     """Return the local folder of a `builtin:` model, building it on first use."""
     name = model[len(BUILTIN_PREFIX) :]
-    if name != TINY_FLUX_NAME:
+    if name not in _BUILTINS:
         from zirelia_local.common.errors import ZireliaError
 
         raise ZireliaError(
             f"unknown built-in model {model!r}",
-            hint=f"the only built-in model is '{BUILTIN_PREFIX}{TINY_FLUX_NAME}'",
+            hint="the built-in models are " + ", ".join(f"'{BUILTIN_PREFIX}{known}'" for known in _BUILTINS),
         )
-    return ensure_tiny_flux()
+    return ensure_builtin(name)
 
 
 def ensure_tiny_flux(root: Path | None = None) -> Path:
     """Build the tiny FLUX pipeline into the cache once; return its folder."""
+    return ensure_builtin(TINY_FLUX_NAME, root)
+
+
+def ensure_tiny_kontext(root: Path | None = None) -> Path:
+    """Build the tiny FLUX.1 Kontext pipeline into the cache once; return its folder."""
+    return ensure_builtin(TINY_KONTEXT_NAME, root)
+
+
+def ensure_builtin(name: str, root: Path | None = None) -> Path:
+    """Build the built-in pipeline `name` into the cache once; return its folder."""
     root = Path(root) if root is not None else cache_root()
-    target = root / f"{TINY_FLUX_NAME}-v{TINY_FLUX_VERSION}"
+    target = root / f"{name}-v{TINY_FLUX_VERSION}"
     if (target / "model_index.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
     try:
-        build_tiny_flux(staging)
+        build_tiny_flux(staging, name=name)
         try:
             os.replace(staging, target)
         except OSError:
@@ -158,10 +176,11 @@ def _corpus() -> list[str]:
     return [*lines, _ALPHABET, " ".join(_ALPHABET)] * 4
 
 
-def build_tiny_flux(folder: Path) -> Path:
-    """Build and save the tiny pipeline into `folder` (deterministic, CPU, no network)."""
+def build_tiny_flux(folder: Path, name: str = TINY_FLUX_NAME) -> Path:
+    """Build and save the tiny pipeline `name` into `folder` (deterministic, CPU, no network)."""
+    import diffusers
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     folder = Path(folder)
@@ -176,9 +195,10 @@ def build_tiny_flux(folder: Path) -> Path:
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     tokenizer_2 = T5TokenizerFast.from_pretrained(folder / "tokenizer_2")
 
+    pipeline_class, transformer_seed = _BUILTINS[name]
     generator_state = torch.random.get_rng_state()
     try:
-        torch.manual_seed(0)
+        torch.manual_seed(transformer_seed)
         transformer = FluxTransformer2DModel(
             patch_size=1,
             in_channels=4 * _LATENT_CHANNELS,
@@ -249,7 +269,7 @@ def build_tiny_flux(folder: Path) -> Path:
         base_image_seq_len=256,
         max_image_seq_len=4096,
     )
-    pipe = FluxPipeline(
+    pipe = getattr(diffusers, pipeline_class)(
         scheduler=scheduler,
         vae=vae,
         text_encoder=text_encoder,
@@ -260,6 +280,6 @@ def build_tiny_flux(folder: Path) -> Path:
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     (folder / "zirelia_tiny_flux.json").write_text(
-        json.dumps({"name": TINY_FLUX_NAME, "version": TINY_FLUX_VERSION}, indent=2) + "\n"
+        json.dumps({"name": name, "version": TINY_FLUX_VERSION}, indent=2) + "\n"
     )
     return folder

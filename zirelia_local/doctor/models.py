@@ -1,5 +1,6 @@
-"""The device and model rows: where generation runs and whether the generator's weights can be loaded, from
-the built-in tiny model, a local folder, the Hugging Face cache or the hub (with its token).
+"""The device and model rows: where generation runs and whether the generator's weights (and, for an
+identity-anchored dataset, FLUX.1 Kontext's) can be loaded, from the built-in tiny model, a local folder, the
+Hugging Face cache or the hub (with its token).
 
 The cache is read from disk; the one network call (`hub_access`) runs in a thread that is abandoned after a
 few seconds, so a machine without internet never hangs the doctor.
@@ -20,8 +21,12 @@ from zirelia_local.doctor.environment import mps_available
 from zirelia_local.training.presets import GpuInfo
 
 FLUX_DEV_REPO = "black-forest-labs/FLUX.1-dev"
+KONTEXT_DEV_REPO = "black-forest-labs/FLUX.1-Kontext-dev"
+# Both repositories are gated behind the FLUX.1 [dev] Non-Commercial License.
+GATED_REPOS = frozenset({FLUX_DEV_REPO, KONTEXT_DEV_REPO})
 # What `FluxPipeline.from_pretrained("black-forest-labs/FLUX.1-dev")` downloads: transformer 23.8 GB (bf16),
-# T5-XXL 9.5 GB, CLIP-L 0.25 GB, VAE 0.17 GB, tokenizers and configs.
+# T5-XXL 9.5 GB, CLIP-L 0.25 GB, VAE 0.17 GB, tokenizers and configs. FLUX.1 Kontext [dev]'s diffusers folders
+# hold the same components at the same sizes (its transformer is the same 12B architecture).
 FLUX_DEV_DOWNLOAD_BYTES = 34 * GB
 HUB_CHECK_TIMEOUT_S = 5.0
 
@@ -40,9 +45,22 @@ def gpu_requirement(config: ZireliaConfig, stages: Collection[str] = STAGES) -> 
         devices.add(config.curate.device)
     if any(device.startswith("cuda") for device in devices):
         return "the config asks for device 'cuda'"
-    if not is_builtin(config.generator.model):
-        return f"{config.generator.model} needs a CUDA GPU (a FLUX-size model on CPU takes hours per image)"
+    for model in real_models(config, stages):
+        return f"{model} needs a CUDA GPU (a FLUX-size model on CPU takes hours per image)"
     return None
+
+
+def kontext_stages(config: ZireliaConfig) -> frozenset[str]:
+    """The stages that load `[generator] kontext_model`: the anchored dataset and curation's top-ups."""
+    return frozenset({"dataset", "curate"}) if config.dataset.identity == "anchor" else frozenset()
+
+
+def real_models(config: ZireliaConfig, stages: Collection[str] = STAGES) -> list[str]:
+    """The FLUX-size (not built-in) models `stages` load: the generator, and Kontext for an anchored dataset."""
+    models = [config.generator.model]
+    if not kontext_stages(config).isdisjoint(stages):
+        models.append(config.generator.kontext_model)
+    return [model for model in models if not is_builtin(model)]
 
 
 def device_check(config: ZireliaConfig, gpus: list[GpuInfo], stages: Collection[str] = STAGES) -> Check | None:
@@ -60,7 +78,7 @@ def device_check(config: ZireliaConfig, gpus: list[GpuInfo], stages: Collection[
             f"[train] num_processes = {config.train.num_processes} but {len(gpus)} GPU(s) are visible",
             "set num_processes to the number of GPUs (docker: --gpus all)",
         )
-    real_model = not is_builtin(gen.model)
+    real_model = bool(real_models(config, stages))
     if not gpus:
         if gpu_requirement(config, stages):
             return None
@@ -71,7 +89,7 @@ def device_check(config: ZireliaConfig, gpus: list[GpuInfo], stages: Collection[
         if real_model:
             return fail(
                 "device",
-                f"[generator] device = {gen.device!r} with {gen.model}: hours per image",
+                f"[generator] device = {gen.device!r} with {', '.join(real_models(config, stages))}: hours per image",
                 'set device = "auto" (or "cuda") to use the GPU',
             )
         return ok("device", f"{gen.device} (a GPU is visible but the config does not use it)")
@@ -178,8 +196,19 @@ def hub_access(repo_id: str, token: str | None, timeout: float = HUB_CHECK_TIMEO
 
 def generator_model_check(gen: GeneratorConfig, access: HubAccess = hub_access) -> Check:
     """Can the generator's weights be loaded: built-in, a local folder, or a hub id cached or downloadable."""
-    name = "generator model"
-    model = gen.model
+    return pipeline_model_check("generator model", "[generator] model", gen.model, gen.revision, access)
+
+
+def kontext_model_check(gen: GeneratorConfig, access: HubAccess = hub_access) -> Check:
+    """Can FLUX.1 Kontext's weights (`[generator] kontext_model`, for an anchored dataset) be loaded."""
+    return pipeline_model_check(
+        "kontext model", "[generator] kontext_model", gen.kontext_model, gen.kontext_revision, access
+    )
+
+
+def pipeline_model_check(name: str, key: str, model: str, revision: str | None, access: HubAccess) -> Check:
+    """The model row `name` for `model` (named by the config `key`): built-in, a local diffusers folder, or a
+    hub id that is cached, or downloadable with the token found (asked of the hub through `access`)."""
     if is_builtin(model):
         return ok(name, f"{model} (embedded tiny model, built on first use)")
     path = Path(model).expanduser()
@@ -189,21 +218,21 @@ def generator_model_check(gen: GeneratorConfig, access: HubAccess = hub_access) 
         return fail(
             name,
             f"{path} has no model_index.json",
-            "point [generator] model at a folder saved with save_pretrained (or a hub id); single files like "
+            f"point {key} at a folder saved with save_pretrained (or a hub id); single files like "
             "flux1-dev.safetensors are for [train] pretrained_model",
         )
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
         return fail(name, f"{model!r} is neither an existing folder nor a hub id", "check the path or the hub id")
-    complete, detail = cached_pipeline_status(model, gen.revision, cache_dir=hub_cache_dir())
+    complete, detail = cached_pipeline_status(model, revision, cache_dir=hub_cache_dir())
     if complete:
         return ok(name, f"{model}: {detail}")
     token, token_source = hub_token()
     licence = f"accept the licence at https://huggingface.co/{model} with your account, create a read token, "
     download = (
         f"`hf download {model}` on a machine with internet (HF_HOME chooses where the cache lives), or copy a "
-        "saved pipeline folder here and set [generator] model to its path"
+        f"saved pipeline folder here and set {key} to its path"
     )
-    if token is None and model == FLUX_DEV_REPO:
+    if token is None and model in GATED_REPOS:
         return fail(
             name,
             f"{model}: {detail}, and no Hugging Face token (the repository is gated)",
@@ -215,7 +244,7 @@ def generator_model_check(gen: GeneratorConfig, access: HubAccess = hub_access) 
         return warn(
             name,
             f"{model}: {detail}; {with_token}, {why}: the first run downloads it"
-            + (f" (about {FLUX_DEV_DOWNLOAD_BYTES / GB:.0f} GB)" if model == FLUX_DEV_REPO else ""),
+            + (f" (about {FLUX_DEV_DOWNLOAD_BYTES / GB:.0f} GB)" if model in GATED_REPOS else ""),
             "nothing to do, or download it ahead: " + download,
         )
     if granted is False:

@@ -12,7 +12,7 @@ from zirelia_local.common.errors import ZireliaError
 from zirelia_local.dataset.tiny_flux import is_builtin
 from zirelia_local.doctor.check import GB, STAGES, Check, Stage, fail, generator_stages, ok, warn
 from zirelia_local.doctor.environment import onnxruntime_providers
-from zirelia_local.doctor.models import FLUX_DEV_DOWNLOAD_BYTES, hub_cache_dir
+from zirelia_local.doctor.models import FLUX_DEV_DOWNLOAD_BYTES, hub_cache_dir, kontext_stages
 from zirelia_local.training.presets import GpuInfo
 
 # Which stage writes each part of the run directory's estimate (curation's top-ups draw more dataset images).
@@ -124,23 +124,32 @@ def disk_check(name: str, folder: Path, needed: int, what: str) -> Check:
     return ok(name, detail)
 
 
-def disk_checks(config: ZireliaConfig, generator_cached: bool, stages: Collection[str] = STAGES) -> list[Check]:
-    """Disk rows for `stages`: the run directory, and the HF cache when the generator is still to download."""
+def disk_checks(
+    config: ZireliaConfig, generator_cached: bool, stages: Collection[str] = STAGES, *, kontext_cached: bool = True
+) -> list[Check]:
+    """Disk rows for `stages`: the run directory, and the HF cache when the generator (or, for an anchored
+    dataset, FLUX.1 Kontext) is still to download."""
     checks = []
     parts = estimate_run_bytes(config, stages)
     if parts:
         what = "the run (" + ", ".join(f"{key} {value / GB:.1f}" for key, value in parts.items()) + " GB)"
         checks.append(disk_check("disk (run dir)", config.run_dir, sum(parts.values()), what))
-    downloads = (
-        not generator_cached
-        and not generator_stages(config).isdisjoint(stages)
-        and not is_builtin(config.generator.model)
-        and not Path(config.generator.model).exists()
-    )
+    gen = config.generator
+    downloads = [
+        model
+        for model, cached, used_by in (
+            (gen.model, generator_cached, generator_stages(config)),
+            (gen.kontext_model, kontext_cached, kontext_stages(config)),
+        )
+        if not cached and not used_by.isdisjoint(stages) and not is_builtin(model) and not Path(model).exists()
+    ]
     if downloads:
         checks.append(
             disk_check(
-                "disk (HF cache)", hub_cache_dir(), FLUX_DEV_DOWNLOAD_BYTES, f"downloading {config.generator.model}"
+                "disk (HF cache)",
+                hub_cache_dir(),
+                FLUX_DEV_DOWNLOAD_BYTES * len(downloads),
+                f"downloading {' and '.join(downloads)}",
             )
         )
     return checks

@@ -17,7 +17,15 @@ from zirelia_local.doctor.check import (
 )
 from zirelia_local.doctor.environment import gpu_checks, gpu_inventory, package_checks, python_check, vram_check
 from zirelia_local.doctor.kohya import SD_SCRIPTS_IMPORT_TIMEOUT_S, kohya_checks
-from zirelia_local.doctor.models import HubAccess, device_check, generator_model_check, gpu_requirement, hub_access
+from zirelia_local.doctor.models import (
+    HubAccess,
+    device_check,
+    generator_model_check,
+    gpu_requirement,
+    hub_access,
+    kontext_model_check,
+    kontext_stages,
+)
 from zirelia_local.doctor.resources import critic_clip_check, disk_checks, embedder_check
 
 
@@ -53,6 +61,11 @@ def collect_checks(
         model_row = generator_model_check(config.generator, access)
         checks.append(model_row)
         generator_cached = model_row.status == "ok"
+    kontext_cached = True
+    if not kontext_stages(config).isdisjoint(chosen):
+        kontext_row = kontext_model_check(config.generator, access)
+        checks.append(kontext_row)
+        kontext_cached = kontext_row.status == "ok"
     if "train" in chosen:
         if config.train.backend == "kohya":
             checks += kohya_checks(config, import_timeout=import_timeout)
@@ -64,7 +77,7 @@ def collect_checks(
         clip_row = critic_clip_check(config)
         if clip_row is not None:
             checks.append(clip_row)
-    checks += disk_checks(config, generator_cached, chosen)
+    checks += disk_checks(config, generator_cached, chosen, kontext_cached=kontext_cached)
     return checks
 
 

@@ -90,22 +90,39 @@ def dataset(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def live_curve(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """The live identity curve (the newest record per epoch) and the early stop, if training stopped early."""
+    by_epoch = {m["epoch"]: m for m in metrics if m.get("event") == "identity" and isinstance(m.get("epoch"), int)}
+    stop = next((m for m in reversed(metrics) if m.get("event") == "early_stop"), None)
+    rows = [
+        {key: by_epoch[epoch].get(key) for key in ("epoch", "identity", "faces", "images", "defects", "accepted")}
+        | {"summary": by_epoch[epoch].get("summary", "")}
+        for epoch in sorted(by_epoch)
+    ]
+    early_stop = None
+    if stop is not None:
+        early_stop = {key: stop.get(key) for key in ("epoch", "epochs", "best_epoch", "reason", "rule")}
+    return {"live": rows, "early_stop": early_stop}
+
+
 def training(metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """Step count, epoch range and the last loss from train/metrics.jsonl (steps None before training)."""
+    """Step count, epoch range and the last loss from train/metrics.jsonl (steps None before training), with the
+    live identity curve and the early stop (`live_curve`)."""
     if not metrics:
-        return {"metrics_name": TRAIN_METRICS, "steps": None}
+        return {"metrics_name": TRAIN_METRICS, "steps": None, "live": [], "early_stop": None}
     # metrics.jsonl also holds event lines (cache use, epoch ends): count the step lines only
     steps = [m for m in metrics if m.get("step") is not None and "event" not in m]
-    losses = [m for m in steps if m.get("loss") is not None]
-    last = losses[-1] if losses else metrics[-1]
+    losses = [m for m in steps if m.get("loss", m.get("avr_loss")) is not None]
+    last = losses[-1] if losses else steps[-1] if steps else {}
     epochs = sorted({m.get("epoch") for m in metrics if m.get("epoch") is not None})
     return {
         "metrics_name": TRAIN_METRICS,
         "steps": len(steps),
         "first_epoch": epochs[0] if epochs else "-",
         "last_epoch": epochs[-1] if epochs else "-",
-        "last_loss": last.get("loss"),
+        "last_loss": last.get("loss", last.get("avr_loss")),
         "last_step": last.get("step"),
+        **live_curve(metrics),
     }
 
 
@@ -138,6 +155,7 @@ def scores(selection: dict[str, Any] | None) -> dict[str, Any] | None:
         "rows": rows,
         "epoch": selection.get("epoch"),
         "reason": selection.get("reason"),
+        "search": selection.get("search"),
     }
 
 

@@ -4,11 +4,12 @@ It reads only files the stages wrote (so it can be rerun at any time, on a finis
 says plainly which stage has not run yet. Every image is embedded (base64 PNG/JPEG thumbnails), the page has
 no script, no external style sheet and no URL outside itself, so it can be mailed or archived as one file;
 links to the full-size evaluation images point into the run directory beside it. Sections: summary, dataset
-contact sheet and curation, training loss, per-epoch critic scores (matplotlib curves), the evaluation grid of
-every epoch (each attempt's image, verdict, scores, reasons, retry adjustments), the chosen epoch and why,
-and the commands and config that produced the run.
+(the anchor portrait of an identity-anchored set, identity cohesion, contact sheet and curation), training
+loss, per-epoch critic scores (matplotlib curves), the evaluation grid of every epoch (each attempt's image,
+verdict, scores, reasons, retry adjustments), the chosen epoch and why, and the commands and config that
+produced the run.
 
-The modules beside this one split the work: `sections` reads the run directory into plain data, `plots` draws
+The modules beside this one split the work: `sections` (and `identity`) read the run directory into plain data, `plots` draws
 the curves, `render` fills `templates/report.html.j2` (which extends `base.html.j2`, the layout shared with
 later pages) with Jinja2 autoescaping, so user text (persona, prompts) can never become markup.
 """
@@ -23,7 +24,7 @@ from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import atomic_write_bytes, atomic_write_text, read_json_object
 from zirelia_local.common.manifest import MANIFEST_NAME
 from zirelia_local.critic.stage import CRITIC_DIR, SCORES_NAME, SELECTION_NAME
-from zirelia_local.report import sections
+from zirelia_local.report import identity, sections
 from zirelia_local.report.plots import curves_png
 from zirelia_local.report.render import data_uri, render_page
 
@@ -53,6 +54,8 @@ def build_report_html(config: ZireliaConfig, report_dir: Path, *, now: datetime 
         written=(now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC"),
         summary=sections.summary(selection, run_dir),
         dataset=sections.dataset(run_dir),
+        anchor=identity.anchor(run_dir),
+        cohesion=identity.cohesion(run_dir),
         training=sections.training(metrics),
         curves=data_uri(curves, "image/png"),
         scores=sections.scores(selection),
@@ -64,9 +67,10 @@ def build_report_html(config: ZireliaConfig, report_dir: Path, *, now: datetime 
 
 def write_report(config: ZireliaConfig) -> Path:
     """Write `<run_dir>/report/index.html` (self-contained) and `curves.png` beside it; return the page's path."""
-    if not (config.run_dir / MANIFEST_NAME).is_file():
+    if not any((config.run_dir / name).exists() for name in (MANIFEST_NAME, sections.TRAIN_METRICS, CRITIC_DIR)):
         raise ZireliaError(
-            f"nothing to report in {config.run_dir}: no stage has run there ({MANIFEST_NAME} is missing)",
+            f"nothing to report in {config.run_dir}: no stage has run there (no {MANIFEST_NAME}, training "
+            "metrics or critic results)",
             hint="run the job first: `python -m zirelia_local.train CONFIG` (or `zirelia dataset CONFIG` and the "
             "stages after it); check --run-dir if the run is elsewhere",
         )

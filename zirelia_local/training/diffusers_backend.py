@@ -12,6 +12,8 @@ What one run does, in order:
    `discrete_flow_shift`), FLUX's guidance embedding set to `guidance_scale`, MSE loss, AdamW, grad-norm 1;
 5. every `save_every_n_epochs` epochs and at the end, save the LoRA in kohya's FLUX format
    (`<name>-000001.safetensors`, last `<name>.safetensors`, `ss_*` metadata) and a resumable state.
+6. at the end of every `sample_every_n_epochs`-th epoch, draw the sample prompts with the model in memory and
+   judge them (`live_samples`, the live identity curve), which may stop training there (`[train] early_stop`).
 
 A rerun resumes from the newest state; with more `epochs` in the config it trains on from there.
 Everything random (shuffling, noise, timesteps) is drawn from generators seeded by (seed, epoch), so a run
@@ -54,6 +56,8 @@ from zirelia_local.training.diffusers_save import (
     training_result,
 )
 from zirelia_local.training.flux_cache import CACHE_DIR, Example, FluxEncoder, encode_with_cache
+from zirelia_local.training.live_identity import EpochJudge, finished_early, start_live_curve
+from zirelia_local.training.live_samples import LiveSamples
 from zirelia_local.training.outputs import train_dir
 from zirelia_local.training.stage import TrainingResult
 
@@ -97,8 +101,9 @@ def _epoch_generator(seed: int, epoch: int, purpose: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 101 + purpose) % (2**63))
 
 
-def train_diffusers(config: ZireliaConfig, dry_run: bool = False) -> TrainingResult:
-    """Train the persona LoRA with diffusers + peft; see the module docstring."""
+def train_diffusers(config: ZireliaConfig, dry_run: bool = False, live: EpochJudge | None = None) -> TrainingResult:
+    """Train the persona LoRA with diffusers + peft; see the module docstring. `live` judges each sampled
+    epoch's images (the live identity curve and its early stop, `live_identity`)."""
     out_dir = train_dir(config)
     name = config.lora_name
     if config.train.model_type != "flux":
@@ -141,7 +146,9 @@ def train_diffusers(config: ZireliaConfig, dry_run: bool = False) -> TrainingRes
     if resume is not None and resume.epoch >= plan.epochs:
         info(f"already trained: the newest state is at epoch {resume.epoch} of {plan.epochs} ({resume.folder.name})")
         return training_result(out_dir, name)
-    return _train(config, plan, examples, out_dir, name, resume)
+    if finished_early(config, out_dir) is not None:
+        return training_result(out_dir, name)
+    return _train(config, plan, examples, out_dir, name, resume, live)
 
 
 def _train(
@@ -151,6 +158,7 @@ def _train(
     out_dir: Path,
     name: str,
     resume: TrainState | None,
+    live: EpochJudge | None = None,
 ) -> TrainingResult:
     """Steps 2-5 of the module docstring, from `resume` (or from scratch) to the plan's last epoch."""
     import torch
@@ -186,6 +194,8 @@ def _train(
         cache_latents=plan.cache_latents,
         cache_text=plan.cache_text_encoder_outputs,
     )
+    curve = start_live_curve(config, out_dir, live, resumed_epoch=resume.epoch if resume is not None else 0)
+    samples = LiveSamples.prepare(config, plan, out_dir, open_encoder, curve)  # encodes while the encoder is here
     on_the_fly = not (plan.cache_latents and plan.cache_text_encoder_outputs)
     if on_the_fly:
         open_encoder()
@@ -354,6 +364,11 @@ def _train(
                     },
                 )
                 info(f"epoch {epoch}/{plan.epochs}: mean loss {mean:.4f}" + (f", saved {saved.name}" if saved else ""))
+                model = accelerator.unwrap_model(transformer)
+                if samples and samples.after_epoch(
+                    model, epoch, saved=saved is not None, autocast=accelerator.autocast
+                ):
+                    break  # an early stop, after this epoch's LoRA and state were saved
     finally:
         if encoder is not None:
             encoder.release()

@@ -42,6 +42,13 @@ from zirelia_local.training.kohya_env import (
     sd_scripts_problem,
 )
 from zirelia_local.training.kohya_flags import NETWORK_MODULES, SCRIPTS
+from zirelia_local.training.live_identity import (
+    EpochJudge,
+    finish_early_stop,
+    finished_early,
+    saved_state_epoch,
+    start_live_curve,
+)
 from zirelia_local.training.messages import info, warn
 from zirelia_local.training.outputs import epoch_lora_files, read_epoch, train_dir
 from zirelia_local.training.presets import PresetChoice, choose_preset, detect_local_gpus, report_choice
@@ -69,11 +76,16 @@ class Setup:
     probe: Probe | None = None
 
 
-def train_kohya(config: ZireliaConfig, *, dry_run: bool = False, script: Path | None = None) -> TrainingResult:
+def train_kohya(
+    config: ZireliaConfig, *, dry_run: bool = False, script: Path | None = None, live: EpochJudge | None = None
+) -> TrainingResult:
     """Train the LoRA with sd-scripts (or, with `dry_run`, print the command and change nothing but the
-    training set files). `script` replaces the trainer script of the model type (a wrapper that runs it)."""
+    training set files). `script` replaces the trainer script of the model type (a wrapper that runs it);
+    `live` judges each epoch's sample images (the live identity curve and its early stop)."""
     name = config.lora_name
     output_dir = absolute(train_dir(config))
+    if not dry_run and finished_early(config, output_dir) is not None:
+        return TrainingResult(backend="kohya", output_dir=output_dir, epoch_files=epoch_lora_files(output_dir, name))
     completed = _completed_epoch(output_dir, name)
     if completed is not None and completed >= config.train.epochs and not dry_run:
         # Nothing to launch, so nothing to check: a finished run needs no sd-scripts (e.g. rerun for the critic).
@@ -135,7 +147,7 @@ def train_kohya(config: ZireliaConfig, *, dry_run: bool = False, script: Path | 
         output_dir / COMMAND_FILE, "#!/bin/sh\n# written by zirelia-local; secrets redacted\n" + shown + "\n"
     )
     atomic_write_json(output_dir / LAUNCH_FILE, record)
-    return _launch(config, setup, plan, argv, shown, state)
+    return _launch(config, setup, plan, argv, shown, state, live)
 
 
 def _extra_keys(config: ZireliaConfig) -> set[str]:
@@ -314,11 +326,18 @@ def _child_env() -> dict[str, str]:
 
 
 def _launch(
-    config: ZireliaConfig, setup: Setup, plan: LaunchPlan, argv: list[str], shown: str, state: SavedState | None
+    config: ZireliaConfig,
+    setup: Setup,
+    plan: LaunchPlan,
+    argv: list[str],
+    shown: str,
+    state: SavedState | None,
+    live: EpochJudge | None,
 ) -> TrainingResult:
     output_dir = plan.output_dir
     name = plan.output_name
     log_path = output_dir / LOG_FILE
+    curve = start_live_curve(config, output_dir, live, resumed_epoch=(state.epoch or 0) if state is not None else 0)
     info(f"launching sd-scripts ({setup.script.name}); it loads the models and caches latents first. Log: {log_path}")
 
     def saved(path: Path) -> None:
@@ -335,12 +354,18 @@ def _launch(
             description=f"training {name}",
             shown_command=shown.replace(" \\\n  ", " "),
             on_saved=saved,
+            watch=curve.watcher(lambda: saved_state_epoch(output_dir, name)) if curve is not None else None,
         )
     except Interrupted:
         newest = newest_state(output_dir, name)
         where = f"newest saved state: {newest.label}" if newest else "no state was saved yet"
         info(f"sd-scripts stopped ({where}); rerun the same command to resume")
         raise
+    if curve is not None and outcome.stopped is not None:
+        finish_early_stop(config, curve, output_dir, saved_state_epoch(output_dir, name))
+        return TrainingResult(backend="kohya", output_dir=output_dir, epoch_files=epoch_lora_files(output_dir, name))
+    if curve is not None:
+        curve.poll(force=True)  # the last epoch's samples, drawn just before sd-scripts ended
     if outcome.returncode != 0:
         context = FailureContext(
             returncode=outcome.returncode,

@@ -62,6 +62,8 @@ class RunOutcome:
     last_loss: float | None = None
     saved: list[Path] = field(default_factory=list)
     tail: list[str] = field(default_factory=list)
+    #: why the run was ended on purpose before it finished (the `watch` callback's answer), else None
+    stopped: str | None = None
 
 
 class OutputTracker:
@@ -220,13 +222,16 @@ def run_streaming(
     description: str = "training",
     shown_command: str | None = None,
     on_saved: Callable[[Path], None] | None = None,
+    watch: Callable[[], str | None] | None = None,
     sigint_grace_s: float = SIGINT_GRACE_S,
     sigterm_grace_s: float = SIGTERM_GRACE_S,
 ) -> RunOutcome:
     """Run `command`, streaming its output into `log_path` and `metrics_path` and a progress bar.
 
     Returns when the child exits. On Ctrl-C the child is stopped and `Interrupted` is raised with the
-    outcome (saved checkpoints, last epoch) in its `outcome` attribute.
+    outcome (saved checkpoints, last epoch) in its `outcome` attribute. `watch` is called after every chunk
+    of output and at least every half second; once it returns a reason, the child is stopped as on Ctrl-C and
+    the outcome returned with that reason in `stopped` (the live identity curve's early stop).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
@@ -249,16 +254,25 @@ def run_streaming(
         )
         assert process.stdout is not None
         fd = process.stdout.fileno()
+        stopped = None
         try:
             with _signals_as_interrupt():
                 splitter = SegmentSplitter()
-                for chunk in _read_chunks(fd):
+                for chunk in _read_chunks(fd, ticks=watch is not None):
                     for segment in splitter.feed(chunk):
                         tracker.feed(segment)
                     tracker.feed_partial(splitter.pending)
-                for segment in splitter.flush():
-                    tracker.feed(segment)
-                returncode = process.wait()
+                    stopped = watch() if watch is not None else None
+                    if stopped is not None:
+                        break
+                if stopped is None:
+                    for segment in splitter.flush():
+                        tracker.feed(segment)
+                    returncode = process.wait()
+                else:
+                    info(f"stopping sd-scripts: {stopped}")
+                    log.write(f"===== {stopped}: stopping sd-scripts\n")
+                    returncode = _stop(process, fd, tracker, sigint_grace_s, sigterm_grace_s)
         except KeyboardInterrupt:
             info("stopping sd-scripts (it saves at epoch ends: steps since the newest saved state are lost)...")
             log.write("===== interrupted: stopping sd-scripts\n")
@@ -273,12 +287,14 @@ def run_streaming(
             process.stdout.close()
         outcome = tracker.finish()
         outcome.returncode = returncode
+        outcome.stopped = stopped
         log.write(f"===== sd-scripts exited with code {returncode}\n")
         return outcome
 
 
-def _read_chunks(fd: int, deadline: float | None = None) -> Iterator[bytes]:
-    """Bytes from `fd` until EOF (or until `deadline`, a time.monotonic() value)."""
+def _read_chunks(fd: int, deadline: float | None = None, *, ticks: bool = False) -> Iterator[bytes]:
+    """Bytes from `fd` until EOF (or until `deadline`, a time.monotonic() value); with `ticks`, also an empty
+    chunk after every half second without output, so the caller can look around."""
     while True:
         timeout = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
         ready, _, _ = select.select([fd], [], [], timeout)
@@ -289,6 +305,8 @@ def _read_chunks(fd: int, deadline: float | None = None) -> Iterator[bytes]:
             yield chunk
         elif deadline is not None and time.monotonic() >= deadline:
             return
+        elif ticks:
+            yield b""
 
 
 def _group_alive(process: subprocess.Popen) -> bool:
