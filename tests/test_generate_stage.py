@@ -89,7 +89,7 @@ def test_persona_accepted_other_person_rejected_and_retried_with_the_right_adjus
 
     assert len(result.accepted) == 4 and result.requested == 6 and result.exit_code == 1
     assert result.failure_lines == ["not the persona's face: 2 of 6 images still rejected after 2 retries each"]
-    assert result.drawn == renderer.drawn == 2 + 4 + 6
+    assert result.drawn == renderer.drawn == 2 + 4 + 6 and result.finished == 6
     assert sorted(path.name for path in out.glob("*.png")) == sorted(image.path.name for image in result.accepted)
     assert not (out / "rejected").exists()
 

@@ -24,8 +24,8 @@ TEMPLATE = "gallery.html.j2"
 THUMBNAIL_SIDE = 256
 #: why hands are not judged (docs/critic.md#hands says more)
 HANDS_NOTE = (
-    "Hands are not judged: no hand model runs offline from a package registry (mediapipe's wheel ships the "
-    "hand-landmark code but not its model, which is a separate download). Look at the hands yourself."
+    "Hands are not judged: no hand model runs offline from a package registry here (current mediapipe wheels hold "
+    "no hand model, and the older ones that do need numpy < 2). Look at the hands yourself."
 )
 
 

@@ -54,6 +54,8 @@ class GenerateResult:
     seconds: float
     #: one line per failure kind of the images that could not be accepted
     failure_lines: list[str]
+    #: requested images this call finished (accepted, or rejected with no retry left)
+    finished: int = 0
 
     @property
     def complete(self) -> bool:
@@ -87,8 +89,11 @@ def failure_lines(rejected: Sequence[dict[str, Any]], requested: int) -> list[st
 
 
 def print_summary(result: GenerateResult) -> None:
-    rate = f", {result.drawn / result.seconds:.2f} images/s" if result.drawn and result.seconds > 0 else ""
-    drew = f"drew {result.drawn} attempt(s) in {result.seconds:.1f} s{rate}" if result.drawn else "nothing left to draw"
+    if result.drawn:
+        rate = f", {result.finished / result.seconds:.2f} images/s" if result.seconds > 0 else ""
+        drew = f"drew {result.drawn} attempt(s) for {result.finished} image(s) in {result.seconds:.1f} s{rate}"
+    else:
+        drew = "nothing left to draw"
     unjudged = sum(1 for image in result.accepted if not image.identity_judged)
     info(
         escape(f"generate: {len(result.accepted)} of {result.requested} images accepted ({drew})")

@@ -113,7 +113,10 @@ def run_generate(
         + (f"; {len(items) - len(pending)} already done" if len(pending) < len(items) else "")
     )
     drawn, seconds = _draw(draw, renderer, lora, lora_name, out, pending, state) if pending else (0, 0.0)
-    return _finish(draw, items, state.records, out, lora, lora_name, values, drawn, seconds)
+    result = _finish(draw, items, state.records, out, lora, lora_name, values, drawn, seconds)
+    result.finished = len(pending)
+    print_summary(result)
+    return result
 
 
 def _draw(
@@ -246,5 +249,4 @@ def _finish(
     result = GenerateResult(
         out, gallery, results_file, len(items), accepted, rejected, drawn, len(ordered), seconds, lines
     )
-    print_summary(result)
     return result
