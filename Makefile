@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH ?= torch torchvision
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench gpu-proof clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run_all.py
+
+# On one CUDA GPU: FLUX.1-dev-shaped random weights, every stage measured (--quick, at most 8 min on an H100);
+# writes docs/benchmarks-gpu.md. `make gpu-proof ARGS=--full` for every case. See benchmarks/README.md.
+gpu-proof: $(VENV)/.installed
+	$(PY) benchmarks/gpu_proof.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs/demo

@@ -11,13 +11,15 @@ from zirelia_local.common.console import console, info
 def run_pipeline(config: ZireliaConfig) -> Path:
     """dataset -> curate -> train -> critic -> report; returns the report's path."""
     from zirelia_local.critic import live_judge, run_critic
-    from zirelia_local.curate import run_curate
+    from zirelia_local.curate import check_reference_images, run_curate
     from zirelia_local.dataset import run_dataset
     from zirelia_local.dataset.flux import release_pipeline_memory
     from zirelia_local.report import write_report
     from zirelia_local.training import run_training
 
     console.rule(f"[bold]{config.persona.name}[/bold] ({config.persona.trigger_word}) -> {config.run_dir}")
+    # Paths the config names, checked now rather than after the hours the dataset takes.
+    check_reference_images(config.curate.reference_images)
     console.rule("1/5 dataset: plan, generate, caption")
     dataset = run_dataset(config)
     console.rule(f"2/5 curate: one identity ({config.curate.mode})")

@@ -23,8 +23,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from zirelia_local.common.errors import ConfigError
+from zirelia_local.common.paths import describe_os_error, display_path
 
 TRIGGER_WORD_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{2,39}$"
+# A config is a few KB; anything past this is the wrong file (a device such as /dev/zero would never end).
+MAX_CONFIG_BYTES = 2**20
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
@@ -602,22 +605,48 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> ZireliaConfi
 def load_config(path: str | os.PathLike[str], *, run_dir: str | os.PathLike[str] | None = None) -> ZireliaConfig:
     """Read and validate a TOML config; `run_dir` overrides `[run] dir` (the CLI's --run-dir)."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(
-            f"config file not found: {path}", hint="pass the path of a .toml file, e.g. configs/demo.toml"
-        ) from None
-    except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    raw = _read_config_bytes(path)
+    shown = display_path(path)
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+        raise ConfigError(f"config file {shown} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-    config = parse_config(data, str(path))
+        raise ConfigError(f"config file {shown} is not valid TOML: {error}") from None
+    config = parse_config(data, shown)
     config._source = path
     if run_dir is not None:
         config.run.dir = Path(run_dir)
     return config
+
+
+def _read_config_bytes(path: Path) -> bytes:
+    """The config file's bytes; a ConfigError naming the path when it is missing, a folder, unreadable or far
+    too large to be a config (a device such as /dev/zero would otherwise be read forever)."""
+    shown = display_path(path)
+    if path.is_dir():
+        tomls = sorted(child.name for child in path.glob("*.toml"))[:3]
+        raise ConfigError(
+            f"config file {shown} is a folder, not a file",
+            hint=f"pass one of its .toml files, e.g. {display_path(path / tomls[0])}"
+            if tomls
+            else "pass the path of a .toml file, e.g. configs/demo.toml",
+        )
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file not found: {shown}", hint="pass the path of a .toml file, e.g. configs/demo.toml"
+        ) from None
+    except OSError as error:
+        raise ConfigError(
+            f"cannot read config file {shown}: {describe_os_error(error)}",
+            hint="check that it is a file you may read (ls -l), or copy it somewhere readable",
+        ) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {shown} is larger than {MAX_CONFIG_BYTES // 2**20} MiB: not a zirelia config",
+            hint="pass the path of a .toml file, e.g. configs/demo.toml",
+        )
+    return raw

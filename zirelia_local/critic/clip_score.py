@@ -25,6 +25,7 @@ from typing import Any
 
 from zirelia_local.common.config import CriticConfig
 from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.paths import display_path, path_problem
 from zirelia_local.common.security import PICKLE_SUFFIXES, require_safetensors
 
 logger = logging.getLogger(__name__)
@@ -113,8 +114,9 @@ def _weights_file(value: str | Path, what: str, allow_pickle: bool) -> Path:
     path = require_safetensors(Path(value).expanduser(), what, allow_pickle=allow_pickle)
     if path.suffix != ".safetensors" and path.suffix not in PICKLE_SUFFIXES:
         raise ZireliaError(f"{what} {path} is not a .safetensors file", hint=WEIGHTS_HINT)
-    if not path.is_file():
-        raise ZireliaError(f"{what} {path} does not exist", hint=WEIGHTS_HINT)
+    problem = path_problem(path, "file")
+    if problem is not None:
+        raise ZireliaError(f"{what} {display_path(path)} {problem}", hint=WEIGHTS_HINT)
     return path
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from rich.markup import escape
 
 from zirelia_local.common.config import CriticConfig, ZireliaConfig
 from zirelia_local.common.console import warn
-from zirelia_local.common.images import laplacian_variance, load_rgb, mean_brightness, sharpness_region
+from zirelia_local.common.images import ImageRefused, laplacian_variance, load_rgb, mean_brightness, sharpness_region
 from zirelia_local.critic.checks import (
     check_exposure,
     check_face_found,
@@ -35,6 +36,7 @@ from zirelia_local.critic.verdict import (
     UNAVAILABLE,
     Check,
     Verdict,
+    unreadable_verdict,
 )
 from zirelia_local.faces.base import DetectedFace, FaceEmbedder
 from zirelia_local.faces.identity import IDENTITY_NAME, ReferenceIdentity
@@ -103,16 +105,30 @@ class Critic:
         return self.judge_batch([image], [clip_text])[0]
 
     def judge_batch(self, images: Sequence[Any], clip_texts: Sequence[str]) -> list[Verdict]:
-        """One verdict per image; `clip_texts` are what each image should show (for prompt adherence)."""
-        rgbs = [load_rgb(image) for image in images]
-        faces_per_image = self.embedder.detect_batch(rgbs)
+        """One verdict per image; `clip_texts` are what each image should show (for prompt adherence).
+
+        An image file the image opener refuses (unreadable, truncated, too large) gets a rejecting verdict that
+        says why; the others are judged together.
+        """
+        loaded: list[np.ndarray | ImageRefused] = []
+        for image in images:
+            try:
+                loaded.append(load_rgb(image))
+            except ImageRefused as refused:
+                loaded.append(refused)
+        readable = [index for index, item in enumerate(loaded) if not isinstance(item, ImageRefused)]
+        rgbs = [loaded[index] for index in readable]
+        faces_per_image = self.embedder.detect_batch(rgbs) if rgbs else []
         clip_scores: list[float | None] = [None] * len(rgbs)
         if self.clip.scorer is not None and rgbs:
-            clip_scores = list(self.clip.scorer.score(rgbs, clip_texts))
-        return [
-            self._verdict(rgb, faces, clip_score)
-            for rgb, faces, clip_score in zip(rgbs, faces_per_image, clip_scores, strict=True)
-        ]
+            clip_scores = list(self.clip.scorer.score(rgbs, [clip_texts[index] for index in readable]))
+        judged = iter(
+            [
+                self._verdict(rgb, faces, clip_score)
+                for rgb, faces, clip_score in zip(rgbs, faces_per_image, clip_scores, strict=True)
+            ]
+        )
+        return [unreadable_verdict(item) if isinstance(item, ImageRefused) else next(judged) for item in loaded]
 
     def _verdict(self, rgb: Any, faces: list[DetectedFace], clip_score: float | None) -> Verdict:
         critic = self.config

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from zirelia_local.common.config import TrainConfig, ZireliaConfig
+from zirelia_local.common.paths import display_path, path_problem
 from zirelia_local.doctor.check import GB, Check, fail, ok, warn
 from zirelia_local.doctor.models import FLUX_DEV_REPO
 
@@ -25,6 +26,8 @@ FLUX_FILES_FIX = {
     "clip_l": "hf download comfyanonymous/flux_text_encoders clip_l.safetensors --local-dir models",
     "t5xxl": "hf download comfyanonymous/flux_text_encoders t5xxl_fp16.safetensors --local-dir models",
 }
+# sd-scripts loads these from one .safetensors file each, never from a folder.
+SINGLE_FILE_KEYS = ("clip_l", "t5xxl", "ae")
 
 
 def sd_scripts_python(folder: Path, configured: Path | None) -> Path:
@@ -46,8 +49,9 @@ def sd_scripts_folder_check(folder: Path | None, model_type: str = "flux") -> Ch
     )
     if folder is None:
         return fail(name, "not set: neither [train] sd_scripts nor ZIRELIA_SD_SCRIPTS", install)
-    if not folder.is_dir():
-        return fail(name, f"{folder} does not exist", install)
+    problem = path_problem(folder, "folder")
+    if problem is not None:
+        return fail(name, f"{display_path(folder)} {problem}", install)
     script = SD_SCRIPTS_TRAIN_SCRIPT[model_type]
     if not (folder / script).is_file():
         return fail(
@@ -62,8 +66,11 @@ def sd_scripts_python_check(folder: Path, python: Path, timeout: float = SD_SCRI
     """Run sd-scripts' interpreter on its own imports (library.train_util, accelerate, transformers, diffusers)."""
     name = "sd-scripts python"
     fix = f"cd {folder} && {python} -m pip install -r requirements.txt (plus a CUDA build of torch and torchvision)"
-    if not python.exists():
-        return fail(name, f"{python} does not exist", f"set [train] python to sd-scripts' interpreter, or {fix}")
+    problem = path_problem(python, "file")
+    if problem is not None:
+        return fail(
+            name, f"{display_path(python)} {problem}", f"set [train] python to sd-scripts' interpreter, or {fix}"
+        )
     code = SD_SCRIPTS_IMPORT_CHECK + "; print(transformers.__version__, diffusers.__version__)"
     try:
         completed = subprocess.run(
@@ -95,7 +102,9 @@ def kohya_model_file_checks(train: TrainConfig) -> list[Check]:
             continue
         path = Path(value).expanduser()
         if not path.exists():
-            checks.append(fail(name, f"{path} not found", fix))
+            checks.append(fail(name, f"{display_path(path)} not found", fix))
+        elif key in SINGLE_FILE_KEYS and not path.is_file():
+            checks.append(fail(name, f"{display_path(path)} {path_problem(path, 'file')}", fix))
         elif path.is_file():
             checks.append(ok(name, f"{path} ({path.stat().st_size / GB:.2f} GB)"))
         else:

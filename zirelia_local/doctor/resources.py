@@ -1,5 +1,6 @@
 """The rows about what a run holds besides its generator: the face embedder's weights, the critic's CLIP
-weights, and disk space for the run directory (and for the generator's download into the HF cache)."""
+weights, and the run directory (one that can be written, with disk space for the run) and disk space for the
+generator's download into the HF cache."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 from zirelia_local.common.config import CurateConfig, ZireliaConfig
 from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.paths import display_path
+from zirelia_local.common.rundir import RUN_DIR_HINT, run_dir_write_problem
 from zirelia_local.dataset.tiny_flux import is_builtin
 from zirelia_local.doctor.check import GB, STAGES, Check, Stage, fail, generator_stages, ok, warn
 from zirelia_local.doctor.environment import onnxruntime_providers
@@ -131,7 +134,11 @@ def disk_checks(
     dataset, FLUX.1 Kontext) is still to download."""
     checks = []
     parts = estimate_run_bytes(config, stages)
-    if parts:
+    problem = run_dir_write_problem(config.run_dir)
+    if problem is not None:
+        detail = f"cannot use {display_path(config.run_dir)} as the run directory: {problem}"
+        checks.append(fail("disk (run dir)", detail, RUN_DIR_HINT))
+    elif parts:
         what = "the run (" + ", ".join(f"{key} {value / GB:.1f}" for key, value in parts.items()) + " GB)"
         checks.append(disk_check("disk (run dir)", config.run_dir, sum(parts.values()), what))
     gen = config.generator

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.files import read_jsonl
+from zirelia_local.common.paths import display_path
 from zirelia_local.common.security import redact, redact_toml
 from zirelia_local.report.render import data_uri, thumbnail_uri
 
@@ -79,9 +81,11 @@ def dataset(run_dir: Path) -> dict[str, Any]:
         "reasons": sorted(reasons.items(), key=lambda item: -item[1]),
         "rows": [
             {
-                "file": record.get("file"),
+                # a photo's own name when it could not be imported: shown escaped (newlines, odd bytes)
+                "file": display_path(str(record.get("file"))),
                 "kept": bool(record.get("kept")),
                 "reason": record.get("reason") or "",
+                "detail": record.get("detail") or "",
                 "distance": record.get("distance"),
             }
             for record in records[:MAX_CURATION_ROWS]
@@ -242,12 +246,14 @@ def _command_files(run_dir: Path) -> list[tuple[str, str]]:
 
 def commands(config: ZireliaConfig, selection: dict[str, Any] | None, run_dir: Path) -> dict[str, Any]:
     """How the run was made and how to make it again: commands, evaluation settings, the config (redacted)."""
-    source = config.source if config.source is not None else run_dir / "config.toml"
+    # Quoted for a shell: a path with a space or a newline still pastes as one argument.
+    source = shlex.quote(str(config.source if config.source is not None else run_dir / "config.toml"))
+    where = shlex.quote(str(run_dir))
     reproduce = [
-        f"python -m zirelia_local.train {source} --run-dir {run_dir}",
+        f"python -m zirelia_local.train {source} --run-dir {where}",
         "# or stage by stage:",
         *[
-            f"zirelia {stage} {source} --run-dir {run_dir}"
+            f"zirelia {stage} {source} --run-dir {where}"
             for stage in ("dataset", "curate", "train", "critic", "report")
         ],
     ]

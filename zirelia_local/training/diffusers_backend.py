@@ -58,8 +58,7 @@ from zirelia_local.training.diffusers_save import (
 from zirelia_local.training.flux_cache import CACHE_DIR, Example, FluxEncoder, encode_with_cache
 from zirelia_local.training.live_identity import EpochJudge, finished_early, start_live_curve
 from zirelia_local.training.live_samples import LiveSamples
-from zirelia_local.training.outputs import train_dir
-from zirelia_local.training.stage import TrainingResult
+from zirelia_local.training.outputs import TrainingResult, train_dir
 
 if TYPE_CHECKING:
     import torch

@@ -19,6 +19,7 @@ from pathlib import Path
 from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import atomic_write_json, atomic_write_text
+from zirelia_local.common.paths import display_path, path_problem
 from zirelia_local.training.diagnose import FailureContext, diagnose_failure
 from zirelia_local.training.kohya_command import (
     PLACEHOLDER_SD_SCRIPTS,
@@ -50,11 +51,10 @@ from zirelia_local.training.live_identity import (
     start_live_curve,
 )
 from zirelia_local.training.messages import info, warn
-from zirelia_local.training.outputs import epoch_lora_files, read_epoch, train_dir
+from zirelia_local.training.outputs import TrainingResult, epoch_lora_files, read_epoch, train_dir
 from zirelia_local.training.presets import PresetChoice, choose_preset, detect_local_gpus, report_choice
 from zirelia_local.training.resume import SavedState, list_states, newest_state
 from zirelia_local.training.runner import Interrupted, run_streaming
-from zirelia_local.training.stage import TrainingResult
 
 LOG_FILE = "train.log"
 METRICS_FILE = "metrics.jsonl"
@@ -172,8 +172,12 @@ def _check_setup(config: ZireliaConfig, *, dry_run: bool, script: Path | None) -
     folder = sd_scripts if sd_scripts is not None else PLACEHOLDER_SD_SCRIPTS
     python = find_python(config, sd_scripts)
     trainer = absolute(script) if script is not None else folder / SCRIPTS[model_type]
-    if not python.is_file():
-        problem(f"sd-scripts' Python {python} does not exist", "set [train] python to sd-scripts' venv interpreter")
+    python_problem = path_problem(python, "file")
+    if python_problem is not None:
+        problem(
+            f"sd-scripts' Python {display_path(python)} {python_problem}",
+            "set [train] python to sd-scripts' venv interpreter",
+        )
 
     missing = model_file_problems(config)
     if missing and dry_run:

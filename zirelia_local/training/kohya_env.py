@@ -16,6 +16,7 @@ from pathlib import Path
 
 from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.paths import display_path, path_problem
 from zirelia_local.training.kohya_command import absolute, looks_like_hub_id, model_paths
 from zirelia_local.training.kohya_flags import SCRIPTS
 from zirelia_local.training.presets import GpuInfo
@@ -95,8 +96,9 @@ def sd_scripts_problem(folder: Path | None, model_type: str) -> str | None:
     """Why `folder` cannot be used as the sd-scripts checkout for `model_type`, or None."""
     if folder is None:
         return "no sd-scripts checkout is configured ([train] sd_scripts or the ZIRELIA_SD_SCRIPTS variable)"
-    if not folder.is_dir():
-        return f"the sd-scripts folder {folder} does not exist"
+    problem = path_problem(folder, "folder")
+    if problem is not None:
+        return f"the sd-scripts folder {display_path(folder)} {problem}"
     script = SCRIPTS[model_type]
     if not (folder / "library" / "train_util.py").is_file():
         return f"{folder} is not an sd-scripts checkout (no library/train_util.py)"
@@ -208,6 +210,8 @@ def model_file_problems(config: ZireliaConfig) -> list[str]:
         path = absolute(value)
         if not path.exists():
             problems.append(f"{where} = {value!r}: {path} does not exist" + _expected(config, key))
+        elif key in ("clip_l", "t5xxl", "ae") and not path.is_file():
+            problems.append(f"{where} = {value!r}: {path} {path_problem(path, 'file')}" + _expected(config, key))
         elif path.is_file() and path.suffix == ".safetensors":
             damage = safetensors_damage(path)
             if damage:
