@@ -236,10 +236,16 @@ def test_no_trained_run_names_what_is_missing_and_the_command(tmp_path):
 
 def test_invalid_arguments_exit_2(tmp_path):
     config = write_config(tmp_path)
+    (tmp_path / "a_file").write_text("not a folder\n")
+    (tmp_path / "folder").mkdir()
     for args, expected in (
         (["--prompt", "x", "--count", "0"], "--count 0: Input should be greater than or equal to 1"),
         (["--prompt", "x", "--scale", "3"], "--scale 3.0: Input should be less than or equal to 2"),
-        (["--prompts", str(tmp_path / "none.txt")], "prompts file not found"),
+        (["--prompts", str(tmp_path / "none.txt")], f"--prompts {tmp_path}/none.txt does not exist"),
+        (["--prompts", str(tmp_path / "folder")], f"--prompts {tmp_path}/folder is a folder, not a file"),
+        (["--prompt", "x", "--lora", str(tmp_path / "folder")], f"--lora {tmp_path}/folder is a folder, not a file"),
+        (["--prompt", "x", "--out", str(tmp_path / "a_file")], f"--out {tmp_path}/a_file is a file, not a folder"),
+        (["--prompt", "x", "--out", "/proc/1/out"], "cannot use --out /proc/1/out"),
         ([], "no prompt to draw"),
     ):
         result = run_cli(["-m", "zirelia_local", "generate", str(config), *args])

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from zirelia_local.common.errors import ConfigError
+from zirelia_local.common.errors import ConfigError, UsageError
+from zirelia_local.common.paths import describe_os_error, display_path, path_problem
 from zirelia_local.critic import EvaluationItem
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}"
@@ -70,25 +71,27 @@ def read_prompts_file(path: str | Path) -> list[PromptSpec]:
     """The prompts of a `--prompts` file: plain text (one a line, `#` comments, blank lines skipped) or JSON
     Lines (`.jsonl`, or every line an object). Errors name the file and the line (exit 2)."""
     path = Path(path)
+    hint = "pass a text file with one prompt a line, or JSON Lines (--prompts FILE)"
+    problem = path_problem(path, "file")
+    if problem is not None:
+        raise UsageError(f"--prompts {display_path(path)} {problem}", hint=hint)
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"prompts file not found: {path}", hint="pass a text file with one prompt a line (--prompts FILE)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read the prompts file {path}: {error}") from None
+    except OSError as error:
+        raise UsageError(f"--prompts {display_path(path)}: cannot read it ({describe_os_error(error)})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--prompts {display_path(path)} is not UTF-8 text", hint=hint) from None
     lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1)]
     lines = [(number, line) for number, line in lines if line and not line.startswith("#")]
     as_json = path.suffix == ".jsonl" or (bool(lines) and all(line.startswith("{") for _, line in lines))
     specs = [_json_line(path, number, line) if as_json else PromptSpec(line) for number, line in lines]
     if not specs:
-        raise ConfigError(f"the prompts file {path} holds no prompt", hint="write one prompt a line")
+        raise UsageError(f"--prompts {display_path(path)} holds no prompt", hint="write one prompt a line")
     return specs
 
 
 def _json_line(path: Path, number: int, line: str) -> PromptSpec:
-    where = f"{path}:{number}"
+    where = f"{display_path(path)}:{number}"
     try:
         value = json.loads(line)
     except json.JSONDecodeError as error:

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from zirelia_local.common.config import ZireliaConfig
-from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.errors import UsageError, ZireliaError
 from zirelia_local.common.files import read_json_object, sha256_file
+from zirelia_local.common.paths import display_path, path_problem
 from zirelia_local.common.security import require_safetensors
 from zirelia_local.critic import (
     BEST_NAME,
@@ -70,18 +71,19 @@ def check_trained_run(config: ZireliaConfig) -> Path:
             missing.append(f"{BEST_NAME} is missing (the critic links the chosen epoch's LoRA there)")
     else:
         lora = lora.expanduser()
-        if not lora.is_file():
-            raise ZireliaError(
-                f"the LoRA file {lora} does not exist",
-                hint="pass a kohya-format .safetensors LoRA trained for this config's base model (--lora FILE), "
-                f"or leave --lora out to use the run's {BEST_NAME}",
+        problem = path_problem(lora, "file")
+        if problem is not None:
+            raise UsageError(
+                f"--lora {display_path(lora)} {problem}",
+                hint="pass a kohya-format .safetensors LoRA trained for this config's base model (--lora FILE, "
+                f"[generate] lora), or leave it out to use the run's {BEST_NAME}",
             )
     identity_needed = config.curate.mode != "record"
     if identity_needed and not (run_dir / IDENTITY_NAME).is_file():
         missing.append(f"{IDENTITY_NAME} is missing (curation writes the persona's reference identity there)")
     if missing:
         raise ZireliaError(
-            f"no trained persona in {run_dir}: " + "; ".join(missing),
+            f"no trained persona in {display_path(run_dir)}: " + "; ".join(missing),
             hint=f"run the whole job first: `{WHOLE_JOB}` (or the missing stages: `zirelia curate CONFIG`, "
             "`zirelia train CONFIG`, `zirelia critic CONFIG`); check --run-dir if the run is elsewhere",
         )

@@ -42,6 +42,7 @@ from zirelia_local.generate.store import (
     accepted_path,
     claim_folder,
     dumps_scores,
+    ensure_out_dir,
     rejected_path,
     remove_orphan_images,
     resume_state,
@@ -90,6 +91,8 @@ def run_generate(
         raise ConfigError(
             "no prompt to draw", hint="pass --prompt TEXT (repeatable) or --prompts FILE, or set [generate] prompts"
         )
+    if out is not None:
+        ensure_out_dir(Path(out).expanduser())  # a bad --out is said before any model is touched
     draw = draw_config(config)
     lora = choose_lora(config)
     draw.critic.lora_scale = lora.scale

@@ -17,14 +17,16 @@ that is not on disk.
 
 from __future__ import annotations
 
+import errno
 import json
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zirelia_local.common.config import ZireliaConfig
-from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.errors import UsageError, ZireliaError
 from zirelia_local.common.files import (
     atomic_write_json,
     read_json_object,
@@ -32,6 +34,7 @@ from zirelia_local.common.files import (
     sha256_file,
     write_jsonl,
 )
+from zirelia_local.common.paths import describe_os_error, display_path
 from zirelia_local.critic import Attempt, Check, Verdict, attempt_outcome, first_attempt, next_attempt
 from zirelia_local.generate.prompts import GenerationItem
 
@@ -60,16 +63,34 @@ def write_attempt(out: Path, record: dict[str, Any]) -> None:
     atomic_write_json(attempt_file(out, record["item"], record["attempt"]), record)
 
 
+def ensure_out_dir(out: Path) -> Path:
+    """Create the output folder; a UsageError naming it when it cannot be one (a file in the way, a place
+    where nothing can be written). A full disk is left to the CLI's disk-full message."""
+    hint = "give --out a folder you can write to (a missing one is created)"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {display_path(out)} is a file, not a folder", hint=hint)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        why = "no file can be created there" if error.errno == errno.ENOENT else describe_os_error(error)
+        raise UsageError(f"cannot use --out {display_path(out)}: {why}", hint=hint) from None
+    return out
+
+
 def claim_folder(out: Path, key: str, values: dict[str, Any]) -> None:
     """Make `out` the folder of these settings; a folder made under other settings is an error, not a mix."""
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_out_dir(out)
     remove_stale_temp_files(out, recursive=True)
     saved = read_json_object(out / SETTINGS_NAME)
     if saved is not None and saved.get("key") != key:
         old = saved.get("settings") or {}
         changed = sorted(name for name in set(old) | set(values) if old.get(name) != values.get(name))
         raise ZireliaError(
-            f"{out} holds images made under other settings (changed: {', '.join(changed) or 'unknown'})",
+            f"{display_path(out)} holds images made under other settings (changed: {', '.join(changed) or 'unknown'})",
             hint="pass another --out folder (or leave --out out: each set of settings gets its own folder), or "
             "delete that folder to draw it again",
         )
