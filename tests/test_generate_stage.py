@@ -49,6 +49,7 @@ def records_by_item(out):
     return by_item
 
 
+@pytest.mark.slow
 def test_persona_accepted_other_person_rejected_and_retried_with_the_right_adjustment(trained):
     renderer = ScenePhotoRenderer()
     result = run_generate(trained, PROMPTS, renderer=renderer)
@@ -125,6 +126,7 @@ def test_rerun_draws_only_what_a_bigger_request_adds(trained):
     assert outcomes == ["retry 1 of 3", "retry 2 of 3", "retry 3 of 3", "rejected after 3 retries"]
 
 
+@pytest.mark.slow
 def test_a_lost_record_or_image_is_drawn_again_and_nothing_else(trained):
     config = with_overrides(trained, keep_rejected=True)
     result = run_generate(config, PROMPTS, renderer=ScenePhotoRenderer())
@@ -234,6 +236,7 @@ def test_no_trained_run_names_what_is_missing_and_the_command(tmp_path):
     assert "best.safetensors is missing" in result.stderr
 
 
+@pytest.mark.slow
 def test_invalid_arguments_exit_2(tmp_path):
     config = write_config(tmp_path)
     (tmp_path / "a_file").write_text("not a folder\n")
