@@ -116,6 +116,7 @@ def test_each_stage_package_has_its_entry_point():
         "training": "run_training",
         "critic": "run_critic",
         "report": "write_report",
+        "generate": "run_generate",
     }
     for package, function in entries.items():
         stage = PACKAGE / package / "stage.py"

@@ -25,7 +25,7 @@ from tests.hostile import huge_png
 pytestmark = pytest.mark.slow
 
 UNWRITABLE = "/proc/1"  # a folder in which no file can be created, not even by root
-STAGES = ("run", "dataset", "curate", "caption", "train", "critic", "report")
+STAGES = ("run", "dataset", "curate", "caption", "train", "critic", "report", "generate")
 # (name, arguments, the offending path): the config file's and the run directory's cases
 CONFIG_CASES = (
     ("missing config", ["{base}/missing.toml"], "{base}/missing.toml"),

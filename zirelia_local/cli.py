@@ -144,6 +144,23 @@ def _cmd_report(config, args) -> int:
     return 0
 
 
+def _cmd_generate(config, args) -> int:
+    from zirelia_local.generate import read_prompts_file, run_generate, with_overrides
+
+    config = with_overrides(
+        config,
+        count=args.count,
+        seed=args.seed,
+        lora=args.lora,
+        lora_scale=args.scale,
+        max_retries=args.max_retries,
+        keep_rejected=args.keep_rejected or None,
+    )
+    prompts = [*args.prompt, *(read_prompts_file(args.prompts) if args.prompts else [])]
+    name = args.prompts.stem if args.prompts else None
+    return run_generate(config, prompts, out=args.out, name=name).exit_code
+
+
 def _cmd_run(config, args) -> int:
     from zirelia_local.pipeline import run_pipeline
 
@@ -163,6 +180,32 @@ def _cmd_config_reference(args: argparse.Namespace) -> int:
 
     sys.stdout.write(config_reference_markdown())
     return 0
+
+
+def _add_generate(command: argparse.ArgumentParser) -> None:
+    """The flags of `zirelia generate`; each overrides its `[generate]` key (exit 2 when invalid)."""
+    command.epilog = "exit status: 0 every image accepted, 1 some could not be (one line per failure kind), 2 bad input"
+    add = command.add_argument
+    add(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a scene to draw (repeatable); the trigger word is added",
+    )
+    add(
+        "--prompts",
+        type=Path,
+        metavar="FILE",
+        help="one prompt a line (# comments), or JSON Lines with prompt, seed, count, name",
+    )
+    add("--count", type=int, metavar="N", help="images per prompt ([generate] count, 1)")
+    add("--seed", type=int, help="base seed: image n uses seed + n (default: derived from the prompt)")
+    add("--lora", type=Path, metavar="PATH", help="LoRA file (default: the run's best.safetensors)")
+    add("--scale", type=float, help="LoRA scale (default: the one the critic chose for the best epoch)")
+    add("--out", type=Path, metavar="DIR", help="output folder (default: <run_dir>/generated/<prompt>-<hash>/)")
+    add("--max-retries", type=int, metavar="N", help="retries of a rejected image ([critic] max_retries, 3)")
+    add("--keep-rejected", action="store_true", help="keep rejected attempts' images under rejected/")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dry-run", action="store_true", help="print the training command and exit")
     stage("critic", "score every saved epoch, retry failures, pick the best", _cmd_critic)
     stage("report", "write the HTML report of the run", _cmd_report)
+    _add_generate(
+        stage("generate", "draw new images of the persona with the LoRA, each passed by the critic", _cmd_generate)
+    )
 
     doctor = sub.add_parser(
         "doctor", help="check what a run needs on this machine", description="check what a run needs"

@@ -504,6 +504,25 @@ class CriticConfig(_Section):
     )
 
 
+class GenerateConfig(_Section):
+    """`zirelia generate`: new persona images with the trained LoRA, each passed by the critic (flags override)."""
+
+    prompts: list[NonEmptyStr] = Field(default_factory=list, description="Scenes drawn when no prompt is passed.")
+    count: int = Field(default=1, ge=1, le=10_000, description="Images per prompt (--count).")
+    seed: Seed | None = Field(default=None, description="Image n of a prompt uses seed + n; default: from its text.")
+    lora: Path | None = Field(default=None, description="LoRA file (--lora); default: the run's best.safetensors.")
+    lora_scale: float | None = Field(
+        default=None, gt=0, le=2.0, description="LoRA scale (--scale); default: the critic's for the best epoch."
+    )
+    max_retries: int | None = Field(
+        default=None, ge=0, le=10, description="Retries of a rejected image; default: [critic] max_retries."
+    )
+    keep_rejected: bool = Field(default=False, description="Keep rejected attempts under rejected/.")
+    steps: int | None = Field(default=None, ge=1, description="Denoising steps (default: as the critic draws).")
+    guidance: float | None = Field(default=None, ge=0, description="Guidance (default: as the critic draws).")
+    resolution: int | None = Field(default=None, ge=64, multiple_of=16, description="Size (default: the critic's).")
+
+
 class RunConfig(_Section):
     """Where the run's files go."""
 
@@ -516,7 +535,7 @@ class RunConfig(_Section):
 
 
 class ZireliaConfig(_Section):
-    """A whole run: persona -> dataset -> curation -> training -> critic."""
+    """A whole run: persona -> dataset -> curation -> training -> critic (-> generate)."""
 
     persona: PersonaConfig
     dataset: DatasetConfig
@@ -524,6 +543,7 @@ class ZireliaConfig(_Section):
     curate: CurateConfig = Field(default_factory=CurateConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     critic: CriticConfig = Field(default_factory=CriticConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     # Not part of the file: where it was read from (for messages and the report).

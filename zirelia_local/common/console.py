@@ -37,14 +37,19 @@ class Advance(Protocol):
 
 
 class RateColumn(ProgressColumn):
-    """Items per second (or seconds per item when slower than one a second), as the unit names them."""
+    """Items per second (or seconds per item when slower than one a second), as the unit names them.
+
+    The mean since the bar started, not rich's windowed estimate: work done in batches completes items in
+    bursts, and the window would divide a whole batch by the microseconds between its last items.
+    """
 
     def __init__(self, unit: str) -> None:
         super().__init__()
         self.unit = unit
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
+        elapsed = task.elapsed
+        speed = task.completed / elapsed if elapsed and task.completed else None
         if not speed:
             return Text(f"-- {self.unit}/s", style="progress.data.speed")
         if speed >= 1:

@@ -53,20 +53,27 @@ class Critic:
         clip: ClipAvailability,
         *,
         reference_missing_reason: str | None = None,
+        identity_required: bool = True,
     ) -> None:
         self.config = critic
         self.embedder = embedder
         self.reference = reference
         self.clip = clip
         self.reference_missing_reason = reference_missing_reason or "no reference identity given"
+        #: False: without a reference identity an image can still be accepted, its identity recorded as not
+        #: judged (`zirelia generate` on a record-mode run); True: nothing unconfirmed is accepted (epoch scoring)
+        self.identity_required = identity_required
         self.threshold = critic.identity_threshold if critic.identity_threshold is not None else embedder.threshold
 
     @classmethod
-    def from_config(cls, config: ZireliaConfig, *, clip: ClipAvailability | None = None) -> Critic:
+    def from_config(
+        cls, config: ZireliaConfig, *, clip: ClipAvailability | None = None, identity_required: bool = True
+    ) -> Critic:
         """The critic a run's config describes: its embedder, `identity.safetensors`, its CLIP model.
 
         A missing identity file is an error, except in curation's `record` mode (the embedded demo), where
-        curation may have found no face at all: then every verdict says so instead of crashing.
+        curation may have found no face at all: then every verdict says so instead of crashing, and rejects
+        the image unless `identity_required` is False.
         """
         from zirelia_local.faces import load_embedder
         from zirelia_local.faces.identity import load_identity
@@ -85,7 +92,14 @@ class Critic:
             clip = load_clip_scorer(config.critic, allow_pickle=config.run.allow_pickle)
             if clip.scorer is None:
                 warn(escape(f"prompt adherence will not be scored: {clip.reason}"))
-        return cls(config.critic, embedder, reference, clip, reference_missing_reason=missing)
+        return cls(
+            config.critic,
+            embedder,
+            reference,
+            clip,
+            reference_missing_reason=missing,
+            identity_required=identity_required,
+        )
 
     def judge(self, image: Any, clip_text: str) -> Verdict:
         return self.judge_batch([image], [clip_text])[0]
@@ -148,6 +162,8 @@ class Critic:
         if face is None:
             return Check("identity", SKIPPED, "no face to compare with the persona", threshold=threshold)
         if self.reference is None:
+            if not self.identity_required:
+                return Check("identity", UNAVAILABLE, f"identity not judged: {self.reference_missing_reason}")
             return Check(
                 "identity", UNAVAILABLE, self.reference_missing_reason, threshold=threshold, failure=NO_REFERENCE
             )

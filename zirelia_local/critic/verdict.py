@@ -70,9 +70,18 @@ class Verdict:
 
     @property
     def accepted(self) -> bool:
-        """Accepted when nothing blocks it and the identity check positively passed."""
+        """Accepted when nothing blocks it and the identity check positively passed, or, where there is no
+        reference identity and the caller chose to go on without one, could not be made (`identity_judged`
+        then says so)."""
         identity = self.check("identity")
-        return not self.failures and identity is not None and identity.status == PASS
+        if self.failures or identity is None:
+            return False
+        return identity.status == PASS or (identity.status == UNAVAILABLE and identity.failure is None)
+
+    @property
+    def identity_judged(self) -> bool:
+        identity = self.check("identity")
+        return identity is not None and identity.status in (PASS, FAIL)
 
     @property
     def failures(self) -> list[str]:
@@ -88,7 +97,7 @@ class Verdict:
     @property
     def summary(self) -> str:
         if self.accepted:
-            return "accepted"
+            return "accepted" if self.identity_judged else "accepted (identity not judged)"
         return "rejected: " + ", ".join(FAILURE_LABELS.get(kind, kind) for kind in self.failures)
 
     def check(self, name: str) -> Check | None:
