@@ -52,9 +52,9 @@ from zirelia_local.training.live_identity import (
 )
 from zirelia_local.training.messages import info, warn
 from zirelia_local.training.model_files import merge_pending_files, resolve_model_files
-from zirelia_local.training.outputs import TrainingResult, epoch_lora_files, read_epoch, train_dir
+from zirelia_local.training.outputs import TrainingResult, epoch_lora_files, train_dir
 from zirelia_local.training.presets import PresetChoice, choose_preset, detect_local_gpus, report_choice
-from zirelia_local.training.resume import SavedState, list_states, newest_state
+from zirelia_local.training.resume import SavedState, completed_epoch, list_states, newest_state, preserve_final_epoch
 from zirelia_local.training.runner import Interrupted, run_streaming
 
 LOG_FILE = "train.log"
@@ -87,7 +87,7 @@ def train_kohya(
     output_dir = absolute(train_dir(config))
     if not dry_run and finished_early(config, output_dir) is not None:
         return TrainingResult(backend="kohya", output_dir=output_dir, epoch_files=epoch_lora_files(output_dir, name))
-    completed = _completed_epoch(output_dir, name)
+    completed = completed_epoch(output_dir, name)
     if completed is not None and completed >= config.train.epochs and not dry_run:
         # Nothing to launch, so nothing to check: a finished run needs no sd-scripts (e.g. rerun for the critic).
         files = epoch_lora_files(output_dir, name)
@@ -143,7 +143,7 @@ def train_kohya(
         )
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    _preserve_final_epoch(output_dir, name, state)
+    preserve_final_epoch(output_dir, name, state)
     if state is not None:
         info(f"resuming from {state.label} (rerun after a stop): epochs {(state.epoch or 0) + 1}-{config.train.epochs}")
     elif epoch_lora_files(output_dir, name):
@@ -265,24 +265,6 @@ def _write_training_set(config: ZireliaConfig, *, batch_size: int, resolution: i
             hint="look at the curation report, or lower [curate] thresholds",
         )
     return training_set.dataset_toml, training_set.sample_prompts
-
-
-def _completed_epoch(output_dir: Path, name: str) -> int | None:
-    """The epoch of the final `<name>.safetensors`, if training wrote one."""
-    final = output_dir / f"{name}.safetensors"
-    return read_epoch(final) if final.is_file() else None
-
-
-def _preserve_final_epoch(output_dir: Path, name: str, state: SavedState | None) -> None:
-    """Before training on past a finished run (more epochs), keep its last LoRA under its epoch's name:
-    sd-scripts writes the new last epoch to `<name>.safetensors` again."""
-    epoch = _completed_epoch(output_dir, name)
-    if epoch is None or state is None:
-        return
-    target = output_dir / f"{name}-{epoch:06d}.safetensors"
-    if not target.exists():
-        os.replace(output_dir / f"{name}.safetensors", target)
-        info(f"kept the previous last epoch as {target.name}")
 
 
 def _launch_record(
