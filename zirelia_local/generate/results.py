@@ -31,11 +31,10 @@ class GeneratedImage:
     record: dict[str, Any] = field(repr=False)
 
     def open(self) -> Any:
-        """The image as a PIL image."""
-        from PIL import Image
+        """The image as an RGB PIL image (through the one image opener)."""
+        from zirelia_local.common.images import open_image
 
-        with Image.open(self.path) as image:
-            return image.convert("RGB")
+        return open_image(self.path)
 
 
 @dataclass
