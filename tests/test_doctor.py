@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, write_config
+from tests.onnx_standins import build_pack
 from zirelia_local.common.config import CurateConfig, GeneratorConfig, TrainConfig, load_config
 from zirelia_local.doctor import STAGES, collect_checks
 from zirelia_local.doctor.check import fail
@@ -33,7 +34,13 @@ from zirelia_local.doctor.models import (
     gpu_requirement,
     hub_access,
 )
-from zirelia_local.doctor.resources import disk_check, embedder_check, estimate_run_bytes
+from zirelia_local.doctor.resources import (
+    critic_clip_check,
+    disk_check,
+    embedder_check,
+    estimate_run_bytes,
+    run_dir_check,
+)
 from zirelia_local.doctor.table import render_table
 from zirelia_local.training.presets import GpuInfo
 
@@ -132,7 +139,7 @@ def test_checks_for_some_stages_keep_only_their_rows() -> None:
     environment = [check.name for check in collect_checks(None)]
 
     report_only = [check.name for check in collect_checks(config, stages=["report"])]
-    assert report_only == environment  # the report loads no model and writes next to nothing
+    assert report_only == [*environment, "run dir"]  # the report loads no model; it writes report/ only
 
     training = {check.name: check for check in collect_checks(config, stages=["train"])}
     assert {"device", "training backend", "disk (run dir)"} <= set(training)
@@ -287,6 +294,8 @@ def test_vram_check_uses_the_smallest_training_gpu_and_flags_a_preset_too_large(
 def test_gpu_rows() -> None:
     assert gpu_checks([], "no CUDA GPU visible", gpu_required="FLUX needs one")[0].status == "FAIL"
     assert gpu_checks([], "no CUDA GPU visible", gpu_required=None)[0].status == "warn"
+    # A config that runs on the CPU (the demo) has nothing to warn about.
+    assert gpu_checks([], "no CUDA GPU visible", gpu_required=None, for_config=True)[0].status == "ok"
     rows = gpu_checks([GpuInfo(0, "NVIDIA H100", 80 * GIB, 79 * GIB)], "CUDA 13.0 build, 1 GPU(s)", gpu_required="x")
     assert [row.status for row in rows] == ["ok", "ok"] and "79.0 GiB free" in rows[1].detail
 
@@ -379,14 +388,49 @@ def test_hub_access_offline_answers_at_once(monkeypatch: pytest.MonkeyPatch) -> 
 def test_embedder_rows(tmp_path: Path) -> None:
     assert embedder_check(CurateConfig(), []).status == "ok"  # dlib's .dat files ship with the package
     root = tmp_path / "insightface"
+    # The embedder never downloads (faces/insightface_embedder.py): a missing pack stops the run.
     absent = embedder_check(CurateConfig(embedder="insightface", insightface_root=root), [])
-    assert absent.status == "warn" and "download" in absent.detail
+    assert absent.status == "FAIL" and "does not exist" in absent.detail
+    assert "[curate] insightface_root" in absent.fix
     (root / "models" / "buffalo_l").mkdir(parents=True)
     empty = embedder_check(CurateConfig(embedder="insightface", insightface_root=root), [])
     assert empty.status == "FAIL" and "no .onnx" in empty.detail
-    (root / "models" / "buffalo_l" / "det_10g.onnx").write_bytes(b"onnx")
+    build_pack(root, detector=False)
+    no_detector = embedder_check(CurateConfig(embedder="insightface", insightface_root=root), [])
+    assert no_detector.status == "FAIL" and "no detection model" in no_detector.detail
+    build_pack(root)
     present = embedder_check(CurateConfig(embedder="insightface", insightface_root=root, device="cpu"), [])
-    assert present.status == "ok" and "det_10g.onnx" in present.detail
+    assert present.status == "ok" and "det_10g.onnx" in present.detail and "w600k_r50.onnx" in present.detail
+
+
+def test_critic_clip_rows(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path))
+    unset = critic_clip_check(config)
+    assert unset.status == "warn" and "prompt adherence will not be scored" in unset.detail
+    config.critic.clip_pretrained = str(tmp_path / "nowhere" / "open_clip_model.safetensors")
+    missing = critic_clip_check(config)
+    assert missing.status == "FAIL" and "does not exist" in missing.detail and "clip_pretrained" in missing.fix
+    weights = tmp_path / "clip.safetensors"
+    weights.write_bytes(b"\0" * 16)
+    config.critic.clip_pretrained = str(weights)
+    assert critic_clip_check(config).status == "ok"
+    pickled = tmp_path / "clip.bin"
+    pickled.write_bytes(b"\0" * 16)
+    config.critic.clip_pretrained = str(pickled)
+    assert critic_clip_check(config).status == "FAIL"  # pickles only with [run] allow_pickle
+    config.critic.clip_pretrained = "laion2b_s34b_b79k"
+    assert critic_clip_check(config).status == "warn"  # an open_clip tag: fetched on first use
+
+
+def test_run_dir_rows(tmp_path: Path) -> None:
+    assert run_dir_check(tmp_path).status == "ok"
+    later = run_dir_check(tmp_path / "a" / "b")
+    assert later.status == "ok" and "will be created in" in later.detail
+    assert not (tmp_path / "a").exists()  # the probe creates nothing where the run will go
+    (tmp_path / "file").write_text("x")
+    under_a_file = run_dir_check(tmp_path / "file" / "run")
+    assert under_a_file.status == "FAIL" and "is a file" in under_a_file.detail and "--run-dir" in under_a_file.fix
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]  # no probe file left behind
 
 
 def test_run_size_estimate_follows_the_config() -> None:

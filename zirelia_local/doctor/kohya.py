@@ -95,7 +95,7 @@ def kohya_model_file_checks(train: TrainConfig) -> list[Check]:
             continue
         path = Path(value).expanduser()
         if not path.exists():
-            checks.append(fail(name, f"{path} not found", fix))
+            checks.append(fail(name, f"[train] {key} points nowhere: {path} not found", f"check its path; or {fix}"))
         elif path.is_file():
             checks.append(ok(name, f"{path} ({path.stat().st_size / GB:.2f} GB)"))
         else:

@@ -4,6 +4,7 @@ weights, and disk space for the run directory (and for the generator's download 
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Collection
 from pathlib import Path
 
@@ -37,16 +38,19 @@ def embedder_check(curate: CurateConfig, gpus: list[GpuInfo]) -> Check:
         except ZireliaError as error:
             return fail(name, error.message, error.hint or "")
         return ok(name, f"{SHAPE_PREDICTOR_5}, {RESNET_MODEL} in {folder}")
+    # The embedder's own check (faces/insightface_embedder.py), run before it builds FaceAnalysis: the folder
+    # exists and holds a detector and a recogniser. It reads each .onnx graph's header (under a second for
+    # buffalo_l), the same reading curation would do minutes later.
+    from zirelia_local.faces.insightface_embedder import check_model_dir
+
     folder = curate.insightface_root.expanduser() / "models" / curate.insightface_model
-    fix = (
-        f"put the {curate.insightface_model} .onnx files in {folder} (buffalo_l is licensed for non-commercial "
-        'research only), or set [curate] embedder = "dlib"'
-    )
-    if not folder.exists():
-        return warn(name, f"{folder} does not exist: insightface will try to download the pack on first use", fix)
-    onnx_files = sorted(path.name for path in folder.glob("*.onnx"))
-    if not onnx_files:
-        return fail(name, f"{folder} holds no .onnx file (insightface then fails with a bare AssertionError)", fix)
+    try:
+        by_task = check_model_dir(curate.insightface_root, curate.insightface_model)
+    except ZireliaError as error:
+        return fail(name, error.message, error.hint or "")
+    except ImportError as error:  # onnx missing: the insightface package row says how to install it
+        return fail(name, f"cannot read {folder}: {error}", 'pip install -e ".[insightface]"')
+    onnx_files = sorted(path.name for paths in by_task.values() for path in paths)
     providers = onnxruntime_providers() or []
     wants_gpu = curate.device.startswith("cuda") or (curate.device == "auto" and bool(gpus))
     if wants_gpu and "CUDAExecutionProvider" not in providers:
@@ -58,18 +62,44 @@ def embedder_check(curate: CurateConfig, gpus: list[GpuInfo]) -> Check:
     return ok(name, f"{', '.join(onnx_files)} in {folder}")
 
 
-def critic_clip_check(config: ZireliaConfig) -> Check | None:
-    """The critic's CLIP weights file exists; None when no CLIP model is configured (the critic then skips it)."""
-    pretrained = config.critic.clip_pretrained
-    if pretrained is None:
-        return None
-    name = "critic CLIP weights"
-    if pretrained.endswith(".safetensors") or "/" in pretrained:
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            return fail(name, f"{path} not found", "set [critic] clip_pretrained to an existing .safetensors file")
-        return ok(name, str(path))
-    return warn(name, f"open_clip tag {pretrained!r}: fetched from the hub on first use", "")
+def critic_clip_check(config: ZireliaConfig) -> Check:
+    """Where the critic's CLIP weights come from, checked as the critic will load them (critic/clip_score.py),
+    from disk only: a missing or refused file fails, no weights at all is a warning (nothing is scored for
+    prompt adherence), an open_clip tag is fetched on first use."""
+    from zirelia_local.critic.clip_score import CLIP_CHECK_NAME, WEIGHTS_HINT, clip_weights_source
+
+    name = CLIP_CHECK_NAME
+    try:
+        source = clip_weights_source(config.critic, allow_pickle=config.run.allow_pickle)
+    except ZireliaError as error:
+        return fail(name, error.message, error.hint or "")
+    if source is None:
+        return warn(
+            name,
+            "prompt adherence will not be scored: no CLIP weights configured ([critic] clip_pretrained)",
+            WEIGHTS_HINT,
+        )
+    if isinstance(source, Path):
+        return ok(name, str(source))
+    return warn(name, f"open_clip tag {source!r}: fetched from the hub on first use", "")
+
+
+def run_dir_check(run_dir: Path) -> Check:
+    """The run directory can be written: it is a folder we can create files in, or it will be created in its
+    nearest existing parent, which must be one. Probed with an unnamed temporary file (O_TMPFILE on Linux),
+    so a kill at any moment leaves nothing behind, and nothing is created where the run will go."""
+    name = "run dir"
+    path = run_dir.expanduser().absolute()
+    where = _existing_ancestor(path)
+    fix = "set [run] dir (or --run-dir) to a folder you can write, or fix the permissions"
+    if not where.is_dir():
+        return fail(name, f"{where} is a file, so {path} cannot be a folder", fix)
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as error:
+        return fail(name, f"cannot write in {where}: {error.strerror}", fix)
+    return ok(name, f"{path} (writable)" if where == path else f"{path} (will be created in {where})")
 
 
 def estimate_run_bytes(config: ZireliaConfig, stages: Collection[str] = STAGES) -> dict[str, int]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.doctor.check import (
     FACE_STAGES,
     MODEL_STAGES,
     Check,
+    Stage,
     generator_stages,
     ok,
     selected_stages,
@@ -18,7 +20,7 @@ from zirelia_local.doctor.check import (
 from zirelia_local.doctor.environment import gpu_checks, gpu_inventory, package_checks, python_check, vram_check
 from zirelia_local.doctor.kohya import SD_SCRIPTS_IMPORT_TIMEOUT_S, kohya_checks
 from zirelia_local.doctor.models import HubAccess, device_check, generator_model_check, gpu_requirement, hub_access
-from zirelia_local.doctor.resources import critic_clip_check, disk_checks, embedder_check
+from zirelia_local.doctor.resources import critic_clip_check, disk_checks, embedder_check, run_dir_check
 
 
 def collect_checks(
@@ -35,10 +37,22 @@ def collect_checks(
     The environment rows (Python, packages, CUDA, VRAM) are always there. Raises ValueError on an unknown stage.
     """
     chosen = selected_stages(stages)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        kohya_rows = None
+        if config is not None and "train" in chosen and config.train.backend == "kohya":
+            # sd-scripts' interpreter importing its libraries takes seconds: it works in its own process while
+            # this one reads the other rows (importing torch among them), so the wait is the longer of the two.
+            kohya_rows = pool.submit(kohya_checks, config, import_timeout=import_timeout)
+        return _checks_in_order(config, chosen, access, kohya_rows)
+
+
+def _checks_in_order(
+    config: ZireliaConfig | None, chosen: frozenset[Stage], access: HubAccess, kohya_rows: Future[list[Check]] | None
+) -> list[Check]:
     checks = [python_check(), *package_checks(config, chosen)]
     gpus, summary = gpu_inventory()
     required = gpu_requirement(config, chosen) if config is not None else None
-    checks += gpu_checks(gpus, summary, gpu_required=required)
+    checks += gpu_checks(gpus, summary, gpu_required=required, for_config=config is not None)
     # Without training among the stages, [train] gpu_ids and vram do not apply: say what fits all GPUs.
     checks.append(vram_check(gpus, config.train if config is not None and "train" in chosen else None))
     if config is None:
@@ -54,16 +68,16 @@ def collect_checks(
         checks.append(model_row)
         generator_cached = model_row.status == "ok"
     if "train" in chosen:
-        if config.train.backend == "kohya":
-            checks += kohya_checks(config, import_timeout=import_timeout)
+        if kohya_rows is not None:
+            checks += kohya_rows.result()
         else:
             checks.append(ok("training backend", "diffusers (built in; no sd-scripts needed)"))
     if not FACE_STAGES.isdisjoint(chosen):
         checks.append(embedder_check(config.curate, gpus))
     if "critic" in chosen:
-        clip_row = critic_clip_check(config)
-        if clip_row is not None:
-            checks.append(clip_row)
+        checks.append(critic_clip_check(config))
+    # Every stage writes into the run directory (the report too).
+    checks.append(run_dir_check(config.run_dir))
     checks += disk_checks(config, generator_cached, chosen)
     return checks
 
