@@ -32,6 +32,22 @@ def warn(message: str) -> None:
     console.print(f"[yellow]warning:[/yellow] {message}")
 
 
+# Keys of what has been warned about up front in this process (the pre-flight's warnings, by check name).
+_announced: set[str] = set()
+
+
+def announce(key: str, message: str) -> None:
+    """Warn now and remember `key`, so that a stage which would find the same thing later need not say it
+    again (`announced`): the pre-flight warns at the start of the run, once."""
+    _announced.add(key)
+    warn(message)
+
+
+def announced(key: str) -> bool:
+    """Whether `announce(key, ...)` warned about it already in this process."""
+    return key in _announced
+
+
 class Advance(Protocol):
     def __call__(self, amount: float = 1, *, status: str | None = None) -> None: ...
 

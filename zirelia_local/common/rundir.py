@@ -14,6 +14,8 @@ from zirelia_local.common.files import atomic_write_bytes, remove_stale_temp_fil
 
 LOCK_NAME = ".lock"
 CONFIG_SNAPSHOT = "config.toml"
+# What the pre-flight checks found (or that they were skipped), per stage; written by doctor/preflight.py.
+PREFLIGHT_NAME = "preflight.json"
 
 
 def prepare_run_dir(config: ZireliaConfig) -> Path:

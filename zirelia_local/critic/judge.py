@@ -13,7 +13,7 @@ from typing import Any
 from rich.markup import escape
 
 from zirelia_local.common.config import CriticConfig, ZireliaConfig
-from zirelia_local.common.console import warn
+from zirelia_local.common.console import announced, warn
 from zirelia_local.common.images import load_rgb
 from zirelia_local.critic.checks import (
     check_exposure,
@@ -27,7 +27,7 @@ from zirelia_local.critic.checks import (
     mean_brightness,
     sharpness_region,
 )
-from zirelia_local.critic.clip_score import ClipAvailability, load_clip_scorer
+from zirelia_local.critic.clip_score import CLIP_CHECK_NAME, ClipAvailability, load_clip_scorer
 from zirelia_local.critic.verdict import (
     FAIL,
     IDENTITY_WEAK,
@@ -84,7 +84,7 @@ class Critic:
             warn(escape(missing))
         if clip is None:
             clip = load_clip_scorer(config.critic, allow_pickle=config.run.allow_pickle)
-            if clip.scorer is None:
+            if clip.scorer is None and not announced(CLIP_CHECK_NAME):  # the pre-flight said it at the start
                 warn(escape(f"prompt adherence will not be scored: {clip.reason}"))
         return cls(config.critic, embedder, reference, clip, reference_missing_reason=missing)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from zirelia_local.common.config import ZireliaConfig
-from zirelia_local.common.files import read_jsonl
+from zirelia_local.common.files import read_json_object, read_jsonl
+from zirelia_local.common.rundir import PREFLIGHT_NAME
 from zirelia_local.common.security import redact, redact_toml
 from zirelia_local.report.render import data_uri, thumbnail_uri
 
@@ -25,6 +26,8 @@ CURATION_LOG = "curation.jsonl"
 TRAIN_METRICS = "train/metrics.jsonl"
 MAX_CURATION_ROWS = 300
 MAX_COMMAND_FILE = 20_000
+# The stages in run order, as `zirelia <stage>` names them.
+STAGE_NAMES = ("dataset", "curate", "train", "critic", "report")
 # The per-attempt scores the grid shows; a missing one prints as "-".
 SCORE_KEYS = (
     "faces",
@@ -106,6 +109,29 @@ def training(metrics: list[dict[str, Any]]) -> dict[str, Any]:
         "last_epoch": epochs[-1] if epochs else "-",
         "last_loss": last.get("loss"),
         "last_step": last.get("step"),
+    }
+
+
+def preflight(run_dir: Path) -> dict[str, Any]:
+    """What the pre-flight checks found before each stage last ran (preflight.json), stage by stage: passed,
+    passed with warnings, skipped (--skip-checks), or not recorded (a run made before there were checks)."""
+    stages = (read_json_object(run_dir / PREFLIGHT_NAME) or {}).get("stages") or {}
+    rows = []
+    for stage in STAGE_NAMES:
+        entry = stages.get(stage) or {}
+        rows.append(
+            {
+                "stage": stage,
+                "status": entry.get("status") or "not recorded",
+                "at": entry.get("at") or "",
+                "command": entry.get("command") or "",
+                "warnings": [f"{w.get('name')}: {w.get('detail')}" for w in entry.get("warnings") or []],
+            }
+        )
+    return {
+        "name": PREFLIGHT_NAME,
+        "rows": rows,
+        "skipped": [row["stage"] for row in rows if row["status"] == "skipped"],
     }
 
 
@@ -228,10 +254,7 @@ def commands(config: ZireliaConfig, selection: dict[str, Any] | None, run_dir: P
     reproduce = [
         f"python -m zirelia_local.train {source} --run-dir {run_dir}",
         "# or stage by stage:",
-        *[
-            f"zirelia {stage} {source} --run-dir {run_dir}"
-            for stage in ("dataset", "curate", "train", "critic", "report")
-        ],
+        *[f"zirelia {stage} {source} --run-dir {run_dir}" for stage in STAGE_NAMES],
     ]
     selection = selection or {}
     settings = selection.get("settings")

@@ -54,6 +54,7 @@ def build_report_html(config: ZireliaConfig, report_dir: Path, *, now: datetime 
         summary=sections.summary(selection, run_dir),
         dataset=sections.dataset(run_dir),
         training=sections.training(metrics),
+        preflight=sections.preflight(run_dir),
         curves=data_uri(curves, "image/png"),
         scores=sections.scores(selection),
         grids=sections.grids(records, selection, run_dir, report_dir),
