@@ -27,6 +27,7 @@ def test_demo_runs_every_stage_and_the_report_says_the_critic_rejected_the_image
     assert text.count("prompt adherence will not be scored") == 1
     assert text.count("warning:") == 4, text  # CLIP, record mode, no reference identity, epoch by default
     assert "Pre-flight checks" in page and "were skipped" not in page
+    assert "s/step (median)" in page  # the step time, as the progress bar and docs/benchmarks.md quote it
     # The tiny random model draws no faces: the critic says so for every image, after its retry.
     assert "no face found" in page and "could not confirm the persona" in page
     assert "close-up portrait, face clearly visible" in page  # the retry's framing words

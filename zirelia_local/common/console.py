@@ -69,10 +69,14 @@ class RateColumn(ProgressColumn):
 
 
 @contextmanager
-def progress_bar(description: str, total: float | None, unit: str = "it") -> Iterator[Advance]:
+def progress_bar(
+    description: str, total: float | None, unit: str = "it", *, show_rate: bool = True
+) -> Iterator[Advance]:
     """A bar with count, rate, elapsed and remaining time; `advance(n, status=...)` moves it.
 
-    Disabled (silent) when ZIRELIA_NO_PROGRESS is set, e.g. in logs of batch jobs.
+    `show_rate=False` leaves out rich's own rate (a recent average), for a caller that quotes its own figure
+    in the status (training: the median step time). Disabled (silent) when ZIRELIA_NO_PROGRESS is set, e.g. in
+    logs of batch jobs.
     """
     disabled = bool(os.environ.get("ZIRELIA_NO_PROGRESS"))
     columns = [
@@ -80,7 +84,7 @@ def progress_bar(description: str, total: float | None, unit: str = "it") -> Ite
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        RateColumn(unit),
+        *([RateColumn(unit)] if show_rate else []),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),

@@ -20,6 +20,7 @@ from zirelia_local.common.files import read_json_object, read_jsonl
 from zirelia_local.common.rundir import PREFLIGHT_NAME
 from zirelia_local.common.security import redact, redact_toml
 from zirelia_local.report.render import data_uri, thumbnail_uri
+from zirelia_local.training.step_time import STEP_SECONDS, median_from_metrics, step_time_text
 
 CONTACT_SHEET = "contact_sheet.png"
 CURATION_LOG = "curation.jsonl"
@@ -102,6 +103,7 @@ def training(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     losses = [m for m in steps if m.get("loss") is not None]
     last = losses[-1] if losses else metrics[-1]
     epochs = sorted({m.get("epoch") for m in metrics if m.get("epoch") is not None})
+    median = median_from_metrics(steps)
     return {
         "metrics_name": TRAIN_METRICS,
         "steps": len(steps),
@@ -109,6 +111,9 @@ def training(metrics: list[dict[str, Any]]) -> dict[str, Any]:
         "last_epoch": epochs[-1] if epochs else "-",
         "last_loss": last.get("loss"),
         "last_step": last.get("step"),
+        # The figure the progress bar and docs/benchmarks.md quote too (training/step_time.py).
+        "step_time": step_time_text(median) or None,
+        "step_time_key": STEP_SECONDS,
     }
 
 
