@@ -10,6 +10,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import venv
 from pathlib import Path
 
@@ -215,6 +217,23 @@ def test_sd_scripts_python_without_its_requirements_fails(tmp_path: Path) -> Non
     assert check.status == "FAIL"
     assert "No module named 'accelerate'" in check.detail
     assert "pip install -r requirements.txt" in check.fix
+
+
+def test_sd_scripts_python_stopped_early_looks_its_modules_up_without_importing(tmp_path: Path) -> None:
+    # The pre-flight stops the slow import when other checks failed: a missing package is still reported.
+    folder = _library_stand_in(tmp_path / "sd")
+    # The real library.train_util takes seconds to import (torch and more); the stand-in takes longer.
+    (folder / "library" / "train_util.py").write_text("import time\ntime.sleep(120)\n")
+    bare = tmp_path / "bare-venv"
+    venv.EnvBuilder(with_pip=False).create(bare)
+    stop = threading.Event()
+    stop.set()
+    started = time.monotonic()
+    missing = sd_scripts_python_check(folder, bare / "bin" / "python", timeout=60, stop=stop)
+    assert missing.status == "FAIL" and "No module named 'accelerate', 'transformers', 'diffusers'" in missing.detail
+    found = sd_scripts_python_check(folder, Path(sys.executable), timeout=60, stop=stop)
+    assert found.status == "ok" and "not imported" in found.detail
+    assert time.monotonic() - started < 30  # neither waited for the import
 
 
 def test_sd_scripts_python_that_does_not_exist_fails(tmp_path: Path) -> None:

@@ -9,9 +9,12 @@ What the checks found (or that they were skipped) is kept per stage in `<run_dir
 report shows: a stage run alone replaces only its own entry.
 
 Cost: the checks read files and metadata, import torch (the stages import it anyway), and for the kohya
-backend run sd-scripts' interpreter on its own imports (seconds; see doctor/kohya.py), which is worth it: the
-alternative is learning of a broken venv after the whole dataset stage. The one network call (hub access of an
-uncached generator, with a token) gives up after a few seconds and is not made under HF_HUB_OFFLINE.
+backend run sd-scripts' interpreter on its own imports, in its own process beside the other checks (seconds:
+torch and more; see doctor/kohya.py). That wait is worth it when the run is about to start: the alternative is
+learning of a broken venv after the whole dataset stage. When another check has failed, the run cannot start
+anyway and the import is cut short to a look-up of the modules (`stop_early`), so a typo is reported in a few
+seconds. The one network call (hub access of an uncached generator, with a token) gives up after a few
+seconds and is not made under HF_HUB_OFFLINE.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ def run_preflight(config: ZireliaConfig, stages: Sequence[str], *, skip: bool = 
         info(f"pre-flight checks skipped ({SKIP_FLAG}); the report will say so")
         return Preflight(chosen, skipped=True)
     started = time.perf_counter()
-    checks = tuple(collect_checks(config, stages=chosen))
+    checks = tuple(collect_checks(config, stages=chosen, stop_early=True))
     seconds = time.perf_counter() - started
     result = Preflight(chosen, skipped=False, checks=checks, seconds=seconds)
     # Warnings first, also when something failed (one round of fixes can then take care of everything), and

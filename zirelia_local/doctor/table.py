@@ -4,8 +4,9 @@ and the exit code `zirelia doctor` returns."""
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.doctor.check import (
@@ -18,7 +19,13 @@ from zirelia_local.doctor.check import (
     selected_stages,
 )
 from zirelia_local.doctor.environment import gpu_checks, gpu_inventory, package_checks, python_check, vram_check
-from zirelia_local.doctor.kohya import SD_SCRIPTS_IMPORT_TIMEOUT_S, kohya_checks
+from zirelia_local.doctor.kohya import (
+    SD_SCRIPTS_IMPORT_TIMEOUT_S,
+    kohya_model_file_checks,
+    sd_scripts_folder_check,
+    sd_scripts_python,
+    sd_scripts_python_check,
+)
 from zirelia_local.doctor.models import HubAccess, device_check, generator_model_check, gpu_requirement, hub_access
 from zirelia_local.doctor.resources import critic_clip_check, disk_checks, embedder_check, run_dir_check
 
@@ -29,26 +36,42 @@ def collect_checks(
     stages: Iterable[str] | None = None,
     access: HubAccess = hub_access,
     import_timeout: float = SD_SCRIPTS_IMPORT_TIMEOUT_S,
+    stop_early: bool = False,
 ) -> list[Check]:
     """Every check for `config` (environment only when None), in table order.
 
     `stages` (names from `STAGES`; None: the whole run, which is what `zirelia doctor` checks) keeps only the
     rows those stages need, so a command that runs some stages can check just those before loading a model.
     The environment rows (Python, packages, CUDA, VRAM) are always there. Raises ValueError on an unknown stage.
+
+    `stop_early` (the pre-flight): when another row has failed, the run cannot start anyway, so the slow
+    import of sd-scripts' libraries is cut short to a look-up of its modules (see `sd_scripts_python_check`).
     """
     chosen = selected_stages(stages)
+    stop = threading.Event()
     with ThreadPoolExecutor(max_workers=1) as pool:
-        kohya_rows = None
+        folder_row, interpreter = None, None
         if config is not None and "train" in chosen and config.train.backend == "kohya":
-            # sd-scripts' interpreter importing its libraries takes seconds: it works in its own process while
-            # this one reads the other rows (importing torch among them), so the wait is the longer of the two.
-            kohya_rows = pool.submit(kohya_checks, config, import_timeout=import_timeout)
-        return _checks_in_order(config, chosen, access, kohya_rows)
+            folder = config.sd_scripts_dir()
+            folder_row = sd_scripts_folder_check(folder, config.train.model_type)
+            if not folder_row.failed and folder is not None:
+                # Importing sd-scripts' libraries in its interpreter takes seconds: it works in its own process
+                # while this one reads the other rows (importing torch among them).
+                python = sd_scripts_python(folder, config.train.python)
+                interpreter = pool.submit(sd_scripts_python_check, folder, python, import_timeout, stop)
+        checks = _checks_in_order(config, chosen, access, folder_row)
+        if interpreter is not None:
+            if stop_early and any(check.failed for check in checks):
+                stop.set()
+            after_folder = next(index for index, check in enumerate(checks) if check is folder_row) + 1
+            checks.insert(after_folder, interpreter.result())
+    return checks
 
 
 def _checks_in_order(
-    config: ZireliaConfig | None, chosen: frozenset[Stage], access: HubAccess, kohya_rows: Future[list[Check]] | None
+    config: ZireliaConfig | None, chosen: frozenset[Stage], access: HubAccess, kohya_folder_row: Check | None
 ) -> list[Check]:
+    """The rows in table order, but for sd-scripts' interpreter (collect_checks puts it after the folder)."""
     checks = [python_check(), *package_checks(config, chosen)]
     gpus, summary = gpu_inventory()
     required = gpu_requirement(config, chosen) if config is not None else None
@@ -68,8 +91,8 @@ def _checks_in_order(
         checks.append(model_row)
         generator_cached = model_row.status == "ok"
     if "train" in chosen:
-        if kohya_rows is not None:
-            checks += kohya_rows.result()
+        if kohya_folder_row is not None:
+            checks += [kohya_folder_row, *kohya_model_file_checks(config.train)]
         else:
             checks.append(ok("training backend", "diffusers (built in; no sd-scripts needed)"))
     if not FACE_STAGES.isdisjoint(chosen):
