@@ -15,7 +15,9 @@ import time
 import venv
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from tests.conftest import REPO, write_config
 from tests.onnx_standins import build_pack
@@ -270,16 +272,22 @@ def test_kohya_model_files(tmp_path: Path) -> None:
     files = {}
     for key in ("pretrained_model", "clip_l", "t5xxl", "ae"):
         files[key] = tmp_path / f"{key}.safetensors"
-        files[key].write_bytes(b"\0" * 1000)
+        save_file({"weight": np.zeros((16, 16), np.float32)}, files[key])  # small, but real safetensors files
     present = kohya_model_file_checks(TrainConfig(**{key: str(path) for key, path in files.items()}))
     assert [check.status for check in present] == ["ok"] * 4
     files["t5xxl"].unlink()
     partial = kohya_model_file_checks(TrainConfig(**{key: str(path) for key, path in files.items()}))
     t5 = next(check for check in partial if check.name == "train.t5xxl")
     assert t5.status == "FAIL" and "t5xxl_fp16.safetensors" in t5.fix
+    # An interrupted download: the training stage would refuse it, so the pre-flight does already.
+    files["ae"].write_bytes(files["ae"].read_bytes()[:-100])
+    ae = kohya_model_file_checks(TrainConfig(**{key: str(path) for key, path in files.items()}))[3]
+    assert ae.status == "FAIL" and "is truncated" in ae.detail and "download it again" in ae.fix
     unset = kohya_model_file_checks(TrainConfig())
     assert all(check.status == "FAIL" and "not set" in check.detail for check in unset)
     assert len(kohya_model_file_checks(TrainConfig(model_type="sdxl"))) == 1
+    hub = kohya_model_file_checks(TrainConfig(model_type="sdxl", pretrained_model="stabilityai/sdxl-base"))
+    assert hub[0].status == "ok"  # sd-scripts loads an SDXL base model by hub id
 
 
 # --- GPU and VRAM (GPUs are stand-ins: none exists on the CPU machines this runs on) ------------------------

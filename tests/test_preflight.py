@@ -3,7 +3,7 @@
 Real subprocesses, as a user runs them. What cannot exist here is stood in for and says so: sd-scripts is a
 folder with its training script and an empty `library.train_util` (run by this Python, so its interpreter
 check imports the real accelerate, transformers and diffusers), and the FLUX single files are small
-placeholder files (the pre-flight only checks that they exist).
+placeholder safetensors files (the pre-flight reads their headers, not their weights).
 """
 
 from __future__ import annotations
@@ -15,9 +15,12 @@ import time
 import venv
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from tests.conftest import run_cli, write_config
+from zirelia_local.cli import build_parser
 from zirelia_local.common.files import read_json_object
 from zirelia_local.common.rundir import PREFLIGHT_NAME
 from zirelia_local.doctor.check import ok, warn
@@ -55,7 +58,7 @@ def kohya_config(tmp_path: Path, **override: str) -> Path:
     models.mkdir(parents=True, exist_ok=True)
     keys = {"sd_scripts": str(sd_scripts_stand_in(tmp_path / "sd-scripts")), "python": sys.executable}
     for key, name in (("pretrained_model", "flux1-dev"), ("clip_l", "clip_l"), ("t5xxl", "t5xxl_fp16"), ("ae", "ae")):
-        (models / f"{name}.safetensors").write_bytes(b"\0" * 1024)
+        save_file({"weight": np.zeros((16, 16), np.float32)}, models / f"{name}.safetensors")
         keys[key] = str(models / f"{name}.safetensors")
     keys.update(override)
     lines = "".join(f'{key} = "{value}"\n' for key, value in keys.items())
@@ -136,6 +139,34 @@ def test_a_clip_weights_file_that_points_nowhere_stops_the_job_before_any_image(
     assert_stopped_before_any_work(result, seconds, text, tmp_path / "run")
     assert f"[critic] clip_pretrained {NOWHERE}/open_clip_model.safetensors does not exist" in text
     assert "fix: set [critic] clip_pretrained to a local open_clip .safetensors file" in text
+
+
+@pytest.mark.slow
+def test_skip_checks_starts_the_job_anyway_and_records_it(tmp_path):
+    # The same missing insightface pack, checks skipped: the dataset is drawn, curation then meets the problem.
+    config = diffusers_config(tmp_path, f'[curate]\nembedder = "insightface"\ninsightface_root = "{NOWHERE}"\n')
+    result, _, text = whole_job(config, tmp_path, "--skip-checks")
+    assert result.returncode == 1 and "Traceback" not in text, text
+    assert "pre-flight checks skipped (--skip-checks)" in text
+    assert "insightface model files not found" in text  # said by curation, after the images were drawn
+    run_dir = tmp_path / "run"
+    assert len(list((run_dir / "images").glob("*.png"))) == 2
+    record = read_json_object(run_dir / PREFLIGHT_NAME)
+    assert record is not None
+    assert {stage: entry["status"] for stage, entry in record["stages"].items()} == dict.fromkeys(
+        ("dataset", "curate", "train", "critic", "report"), "skipped"
+    )
+    assert record["stages"]["train"]["command"] == "python -m zirelia_local.train"
+
+
+def test_skip_checks_is_offered_by_the_whole_job_and_every_stage_command():
+    parser = build_parser()
+    for command in ("run", "dataset", "curate", "train", "critic", "report"):
+        assert parser.parse_args([command, "x.toml", "--skip-checks"]).skip_checks
+    with pytest.raises(SystemExit):  # caption rewrites text files: it has nothing to check
+        parser.parse_args(["caption", "x.toml", "--skip-checks"])
+    help_text = " ".join(run_cli(["-m", "zirelia_local.train", "--help"]).stdout.split())
+    assert "--skip-checks start without checking first what the stages need" in help_text
 
 
 @pytest.mark.slow

@@ -12,6 +12,8 @@ from pathlib import Path
 from zirelia_local.common.config import TrainConfig
 from zirelia_local.doctor.check import GB, Check, fail, ok, warn
 from zirelia_local.doctor.models import FLUX_DEV_REPO
+from zirelia_local.training.kohya_command import looks_like_hub_id
+from zirelia_local.training.kohya_env import safetensors_damage
 
 # The sd-scripts commit zirelia is tested against (docker/Dockerfile pins the same one).
 SD_SCRIPTS_COMMIT = "48d368fa"
@@ -77,6 +79,8 @@ def sd_scripts_python_check(
     fix = f"cd {folder} && {python} -m pip install -r requirements.txt (plus a CUDA build of torch and torchvision)"
     if not python.exists():
         return fail(name, f"{python} does not exist", f"set [train] python to sd-scripts' interpreter, or {fix}")
+    if stop is not None and stop.is_set():
+        return _sd_scripts_modules_check(folder, python, name, fix)
     code = SD_SCRIPTS_IMPORT_CHECK + "; print(transformers.__version__, diffusers.__version__)"
     try:
         process = subprocess.Popen(
@@ -126,7 +130,12 @@ def _sd_scripts_modules_check(folder: Path, python: Path, name: str, fix: str) -
 
 
 def kohya_model_file_checks(train: TrainConfig) -> list[Check]:
-    """The single files sd-scripts loads: the base model, and for FLUX also CLIP-L, T5-XXL and the autoencoder."""
+    """The single files sd-scripts loads: the base model, and for FLUX also CLIP-L, T5-XXL and the autoencoder.
+
+    Judged as the training stage judges them before it launches (training/kohya_env.py): a hub id is a valid
+    SDXL/SD1.5 base model, and a .safetensors file must have a readable header and all the bytes it announces
+    (a partial download is the usual problem; reading the header takes milliseconds).
+    """
     keys = ["pretrained_model", "clip_l", "t5xxl", "ae"] if train.model_type == "flux" else ["pretrained_model"]
     checks = []
     for key in keys:
@@ -138,9 +147,15 @@ def kohya_model_file_checks(train: TrainConfig) -> list[Check]:
         if value is None:
             checks.append(fail(name, "not set (the kohya backend needs it)", fix))
             continue
+        if key == "pretrained_model" and train.model_type != "flux" and looks_like_hub_id(str(value)):
+            checks.append(ok(name, f"{value} (a hub id: sd-scripts downloads it)"))
+            continue
         path = Path(value).expanduser()
+        damage = safetensors_damage(path) if path.is_file() and path.suffix == ".safetensors" else None
         if not path.exists():
             checks.append(fail(name, f"[train] {key} points nowhere: {path} not found", f"check its path; or {fix}"))
+        elif damage is not None:
+            checks.append(fail(name, f"[train] {key}: {damage}", f"download it again: {fix}"))
         elif path.is_file():
             checks.append(ok(name, f"{path} ({path.stat().st_size / GB:.2f} GB)"))
         else:

@@ -50,26 +50,34 @@ def collect_checks(
     chosen = selected_stages(stages)
     stop = threading.Event()
     with ThreadPoolExecutor(max_workers=1) as pool:
-        folder_row, interpreter = None, None
+        kohya_rows: list[Check] | None = None
+        interpreter = None
         if config is not None and "train" in chosen and config.train.backend == "kohya":
             folder = config.sd_scripts_dir()
-            folder_row = sd_scripts_folder_check(folder, config.train.model_type)
-            if not folder_row.failed and folder is not None:
+            kohya_rows = [sd_scripts_folder_check(folder, config.train.model_type)]
+            kohya_rows += kohya_model_file_checks(config.train)  # reads a few file headers: milliseconds
+            if stop_early and any(check.failed for check in kohya_rows):
+                stop.set()  # already known to fail: the interpreter's modules are looked up, not imported
+            if not kohya_rows[0].failed and folder is not None:
                 # Importing sd-scripts' libraries in its interpreter takes seconds: it works in its own process
                 # while this one reads the other rows (importing torch among them).
                 python = sd_scripts_python(folder, config.train.python)
                 interpreter = pool.submit(sd_scripts_python_check, folder, python, import_timeout, stop)
-        checks = _checks_in_order(config, chosen, access, folder_row)
-        if interpreter is not None:
-            if stop_early and any(check.failed for check in checks):
-                stop.set()
-            after_folder = next(index for index, check in enumerate(checks) if check is folder_row) + 1
-            checks.insert(after_folder, interpreter.result())
+        try:
+            checks = _checks_in_order(config, chosen, access, kohya_rows)
+            if interpreter is not None:
+                if stop_early and any(check.failed for check in checks):
+                    stop.set()
+                after_folder = next(index for index, check in enumerate(checks) if check is kohya_rows[0]) + 1
+                checks.insert(after_folder, interpreter.result())
+        except BaseException:  # Ctrl-C or a bug: do not wait for the import on the way out
+            stop.set()
+            raise
     return checks
 
 
 def _checks_in_order(
-    config: ZireliaConfig | None, chosen: frozenset[Stage], access: HubAccess, kohya_folder_row: Check | None
+    config: ZireliaConfig | None, chosen: frozenset[Stage], access: HubAccess, kohya_rows: list[Check] | None
 ) -> list[Check]:
     """The rows in table order, but for sd-scripts' interpreter (collect_checks puts it after the folder)."""
     checks = [python_check(), *package_checks(config, chosen)]
@@ -91,8 +99,8 @@ def _checks_in_order(
         checks.append(model_row)
         generator_cached = model_row.status == "ok"
     if "train" in chosen:
-        if kohya_folder_row is not None:
-            checks += [kohya_folder_row, *kohya_model_file_checks(config.train)]
+        if kohya_rows is not None:
+            checks += kohya_rows
         else:
             checks.append(ok("training backend", "diffusers (built in; no sd-scripts needed)"))
     if not FACE_STAGES.isdisjoint(chosen):
