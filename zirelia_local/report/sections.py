@@ -118,26 +118,31 @@ def training(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def preflight(run_dir: Path) -> dict[str, Any]:
-    """What the pre-flight checks found before each stage last ran (preflight.json), stage by stage: passed,
-    passed with warnings, skipped (--skip-checks), or not recorded (a run made before there were checks)."""
+    """What the pre-flight checks found before each stage last ran (preflight.json): one row per command that
+    checked some of the stages (the whole job checks all five at once), in stage order, with its result:
+    passed, passed with warnings, skipped (--skip-checks), or not recorded (a run from before the checks)."""
     stages = (read_json_object(run_dir / PREFLIGHT_NAME) or {}).get("stages") or {}
-    rows = []
+    rows: list[dict[str, Any]] = []
+    by_check: dict[tuple[str, str, str], dict[str, Any]] = {}
+    skipped = []
     for stage in STAGE_NAMES:
         entry = stages.get(stage) or {}
-        rows.append(
-            {
-                "stage": stage,
-                "status": entry.get("status") or "not recorded",
-                "at": entry.get("at") or "",
-                "command": entry.get("command") or "",
-                "warnings": [f"{w.get('name')}: {w.get('detail')}" for w in entry.get("warnings") or []],
-            }
-        )
-    return {
-        "name": PREFLIGHT_NAME,
-        "rows": rows,
-        "skipped": [row["stage"] for row in rows if row["status"] == "skipped"],
-    }
+        status = entry.get("status") or "not recorded"
+        if status == "skipped":
+            skipped.append(stage)
+        key = (status, entry.get("at") or "", entry.get("command") or "")
+        if key in by_check:
+            by_check[key]["stages"].append(stage)
+            continue
+        by_check[key] = {
+            "stages": [stage],
+            "status": status,
+            "at": key[1],
+            "command": key[2],
+            "warnings": [f"{w.get('name')}: {w.get('detail')}" for w in entry.get("warnings") or []],
+        }
+        rows.append(by_check[key])
+    return {"name": PREFLIGHT_NAME, "rows": rows, "skipped": skipped}
 
 
 def scores(selection: dict[str, Any] | None) -> dict[str, Any] | None:
