@@ -91,7 +91,13 @@ def test_cli_with_cuda_config_on_cpu_machine_exits_1_without_traceback(tmp_path)
     path.write_text(path.read_text().replace('device = "cpu"', 'device = "cuda"'))
     result = run_cli(["-m", "zirelia_local", "dataset", str(path)])
     assert result.returncode == 1
-    assert "sees no CUDA GPU" in result.stderr and "Traceback" not in result.stderr
+    text = " ".join(result.stderr.split())
+    # The pre-flight says it before the model is loaded; without it, loading says it.
+    assert "cuda: no CUDA GPU visible" in text and "the config asks for device 'cuda'" in text
+    assert "Traceback" not in text
+    unchecked = run_cli(["-m", "zirelia_local", "dataset", str(path), "--skip-checks"])
+    assert unchecked.returncode == 1
+    assert "sees no CUDA GPU" in unchecked.stderr and "Traceback" not in unchecked.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens on a machine without a GPU")

@@ -82,11 +82,12 @@ def test_run_directory_names_with_a_newline_work_and_undecodable_ones_are_refuse
 
 
 def test_doctor_names_a_run_directory_that_cannot_be_used(tmp_path):
-    from zirelia_local.doctor.resources import disk_checks
+    from zirelia_local.doctor.resources import disk_checks, run_dir_check
 
     (tmp_path / "a_file").write_text("x")
     config = load_config(write_config(tmp_path), run_dir=tmp_path / "a_file")
-    (row,) = [check for check in disk_checks(config, generator_cached=True) if check.name == "disk (run dir)"]
+    row = run_dir_check(config.run_dir)
+    assert not [check for check in disk_checks(config, generator_cached=True) if check.name == "disk (run dir)"]
     assert row.failed and f"cannot use {tmp_path / 'a_file'} as the run directory: is a file" in row.detail
     assert run_dir_write_problem(tmp_path / "new" / "run") is None
     assert not (tmp_path / "new").exists()  # the check creates nothing

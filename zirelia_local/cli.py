@@ -26,7 +26,7 @@ def configure_logging(verbose: bool = False) -> None:
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
         force=True,
     )
-    for name in ("diffusers", "transformers", "accelerate", "huggingface_hub", "PIL", "matplotlib", "urllib3"):
+    for name in ("diffusers", "transformers", "accelerate", "huggingface_hub", "PIL", "matplotlib", "urllib3", "httpx"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Through the environment, so commands that never load a model do not pay for importing diffusers.
@@ -84,18 +84,39 @@ def _add_common(parser: argparse.ArgumentParser, *, config_required: bool = True
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs of zirelia and the libraries")
 
 
+def add_skip_checks(parser: argparse.ArgumentParser) -> None:
+    """--skip-checks: start without the pre-flight (doctor/preflight.py); the report records that it was skipped."""
+    parser.add_argument(
+        "--skip-checks",
+        action="store_true",
+        help="start without checking first what the stages need (models, sd-scripts, disk...); recorded in the report",
+    )
+
+
 def _load(args: argparse.Namespace):
     from zirelia_local.common.config import load_config
 
     return load_config(args.config, run_dir=args.run_dir)
 
 
-def _locked(args: argparse.Namespace, stage: Callable) -> int | None:
+def _locked(args: argparse.Namespace, stage: Callable, checks: tuple[str, ...]) -> int | None:
+    """Load the config; check what `checks` (stage names) need; take the run lock; run the stage."""
     from zirelia_local.common.rundir import run_lock
+    from zirelia_local.pipeline import run_checked
 
     config = _load(args)
-    with run_lock(config.run_dir):
-        return stage(config, args)
+    # A dry run launches nothing (it prints the command, warning about each missing part), and caption only
+    # rewrites text files: neither has a requirement to check first.
+    if not checks or getattr(args, "dry_run", False):
+        with run_lock(config.run_dir):
+            return stage(config, args)
+    return run_checked(
+        config,
+        checks,
+        lambda checked: stage(checked, args),
+        skip_checks=args.skip_checks,
+        command=f"zirelia {args.command}",
+    )
 
 
 def _cmd_dataset(config, args) -> int:
@@ -216,13 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"zirelia-local {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def stage(name: str, help_text: str, handler: Callable) -> argparse.ArgumentParser:
+    def stage(
+        name: str, help_text: str, handler: Callable, checks: tuple[str, ...] | None = None
+    ) -> argparse.ArgumentParser:
+        """A stage command; `checks`: the stages its pre-flight checks (default: its own; () for none)."""
         command = sub.add_parser(name, help=help_text, description=help_text)
         _add_common(command)
-        command.set_defaults(action=lambda args: _locked(args, handler))
+        checked = (name,) if checks is None else checks
+        if checked:
+            add_skip_checks(command)
+        command.set_defaults(action=lambda args: _locked(args, handler, checked))
         return command
 
-    stage("run", "run the whole pipeline (same as python -m zirelia_local.train)", _cmd_run)
+    from zirelia_local.pipeline import PIPELINE_STAGES
+
+    stage("run", "run the whole pipeline (same as python -m zirelia_local.train)", _cmd_run, PIPELINE_STAGES)
     stage("dataset", "plan the dataset, generate the images, write captions", _cmd_dataset)
     curate = stage("curate", "keep the one consistent identity, top up to the target count", _cmd_curate)
     curate.add_argument(
@@ -231,13 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="curate this folder of existing images instead of the generated set (no top-up)",
     )
-    stage("caption", "rewrite train_data/, dataset.toml and sample_prompts.txt from the manifest", _cmd_caption)
+    stage("caption", "rewrite train_data/, dataset.toml and sample_prompts.txt from the manifest", _cmd_caption, ())
     train = stage("train", "train the LoRA (kohya sd-scripts or the diffusers backend)", _cmd_train)
     train.add_argument("--dry-run", action="store_true", help="print the training command and exit")
     stage("critic", "score every saved epoch, retry failures, pick the best", _cmd_critic)
     stage("report", "write the HTML report of the run", _cmd_report)
+    # generate needs what the critic needs: the base model, the face embedder, the CLIP weights
     _add_generate(
-        stage("generate", "draw new images of the persona with the LoRA, each passed by the critic", _cmd_generate)
+        stage(
+            "generate",
+            "draw new images of the persona with the LoRA, each passed by the critic",
+            _cmd_generate,
+            ("critic",),
+        )
     )
 
     doctor = sub.add_parser(

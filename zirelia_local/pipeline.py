@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
-from zirelia_local.common.config import ZireliaConfig
-from zirelia_local.common.console import console, info
+if TYPE_CHECKING:  # cli.py reads PIPELINE_STAGES while building its parser: `zirelia --help` stays light
+    from zirelia_local.common.config import ZireliaConfig
+
+# Every stage of the whole job, in the doctor's names (its pre-flight checks all of them).
+PIPELINE_STAGES = ("dataset", "curate", "train", "critic", "report")
+Result = TypeVar("Result")
+
+
+def run_checked(
+    config: ZireliaConfig,
+    stages: Sequence[str],
+    action: Callable[[ZireliaConfig], Result],
+    *,
+    skip_checks: bool = False,
+    command: str,
+) -> Result:
+    """The pre-flight for `stages` (doctor/preflight.py), then the run lock, then `action(config)`.
+
+    The checks come before the lock, so a failed pre-flight leaves no trace in the run directory (it is not
+    even created); their result is recorded under the lock, where the report finds it.
+    """
+    from zirelia_local.common.rundir import run_lock
+    from zirelia_local.doctor.preflight import record_preflight, run_preflight
+
+    result = run_preflight(config, stages, skip=skip_checks)
+    with run_lock(config.run_dir):
+        record_preflight(config.run_dir, result, command)
+        return action(config)
 
 
 def run_pipeline(config: ZireliaConfig) -> Path:
     """dataset -> curate -> train -> critic -> report; returns the report's path."""
+    from zirelia_local.common.console import console, info
     from zirelia_local.critic import live_judge, run_critic
     from zirelia_local.curate import check_reference_images, run_curate
     from zirelia_local.dataset import run_dataset

@@ -90,6 +90,10 @@ def ensure_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
+# What the pre-flight checks found (or that they were skipped), per stage; written by doctor/preflight.py.
+PREFLIGHT_NAME = "preflight.json"
+
+
 def prepare_run_dir(config: ZireliaConfig) -> Path:
     """Create the run directory and keep a copy of the config that produced it."""
     run_dir = ensure_run_dir(config.run_dir)

@@ -14,7 +14,7 @@ import numpy as np
 from rich.markup import escape
 
 from zirelia_local.common.config import CriticConfig, ZireliaConfig
-from zirelia_local.common.console import warn
+from zirelia_local.common.console import announce, announced, warn
 from zirelia_local.common.images import ImageRefused, laplacian_variance, load_rgb, mean_brightness, sharpness_region
 from zirelia_local.critic.checks import (
     check_exposure,
@@ -25,7 +25,7 @@ from zirelia_local.critic.checks import (
     check_single_face,
     main_faces,
 )
-from zirelia_local.critic.clip_score import ClipAvailability, load_clip_scorer
+from zirelia_local.critic.clip_score import CLIP_CHECK_NAME, ClipAvailability, load_clip_scorer
 from zirelia_local.critic.verdict import (
     FAIL,
     IDENTITY_WEAK,
@@ -87,10 +87,11 @@ class Critic:
                 f"no reference identity: {IDENTITY_NAME} is missing from {config.run_dir} (curation in record mode "
                 "found no face to build it from), so no image can be confirmed as the persona"
             )
-            warn(escape(missing))
+            if not announced(missing):  # the live judge during training and the critic build one each: say it once
+                announce(missing, escape(missing))
         if clip is None:
             clip = load_clip_scorer(config.critic, allow_pickle=config.run.allow_pickle)
-            if clip.scorer is None:
+            if clip.scorer is None and not announced(CLIP_CHECK_NAME):  # the pre-flight said it at the start
                 warn(escape(f"prompt adherence will not be scored: {clip.reason}"))
         return cls(
             config.critic,

@@ -17,16 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from zirelia_local.common.config import ZireliaConfig
-from zirelia_local.common.files import read_jsonl
+from zirelia_local.common.files import read_json_object, read_jsonl
 from zirelia_local.common.paths import display_path
+from zirelia_local.common.rundir import PREFLIGHT_NAME
 from zirelia_local.common.security import redact, redact_toml
 from zirelia_local.report.render import data_uri, thumbnail_uri
+from zirelia_local.training.step_time import STEP_SECONDS, median_from_metrics, step_time_text
 
 CONTACT_SHEET = "contact_sheet.png"
 CURATION_LOG = "curation.jsonl"
 TRAIN_METRICS = "train/metrics.jsonl"
 MAX_CURATION_ROWS = 300
 MAX_COMMAND_FILE = 20_000
+# The stages in run order, as `zirelia <stage>` names them.
+STAGE_NAMES = ("dataset", "curate", "train", "critic", "report")
 # The per-attempt scores the grid shows; a missing one prints as "-".
 SCORE_KEYS = (
     "faces",
@@ -119,6 +123,7 @@ def training(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     losses = [m for m in steps if m.get("loss", m.get("avr_loss")) is not None]
     last = losses[-1] if losses else steps[-1] if steps else {}
     epochs = sorted({m.get("epoch") for m in metrics if m.get("epoch") is not None})
+    median = median_from_metrics(steps)
     return {
         "metrics_name": TRAIN_METRICS,
         "steps": len(steps),
@@ -127,7 +132,38 @@ def training(metrics: list[dict[str, Any]]) -> dict[str, Any]:
         "last_loss": last.get("loss", last.get("avr_loss")),
         "last_step": last.get("step"),
         **live_curve(metrics),
+        # The figure the progress bar and docs/benchmarks.md quote too (training/step_time.py).
+        "step_time": step_time_text(median) or None,
+        "step_time_key": STEP_SECONDS,
     }
+
+
+def preflight(run_dir: Path) -> dict[str, Any]:
+    """What the pre-flight checks found before each stage last ran (preflight.json): one row per command that
+    checked some of the stages (the whole job checks all five at once), in stage order, with its result:
+    passed, passed with warnings, skipped (--skip-checks), or not recorded (a run from before the checks)."""
+    stages = (read_json_object(run_dir / PREFLIGHT_NAME) or {}).get("stages") or {}
+    rows: list[dict[str, Any]] = []
+    by_check: dict[tuple[str, str, str], dict[str, Any]] = {}
+    skipped = []
+    for stage in STAGE_NAMES:
+        entry = stages.get(stage) or {}
+        status = entry.get("status") or "not recorded"
+        if status == "skipped":
+            skipped.append(stage)
+        key = (status, entry.get("at") or "", entry.get("command") or "")
+        if key in by_check:
+            by_check[key]["stages"].append(stage)
+            continue
+        by_check[key] = {
+            "stages": [stage],
+            "status": status,
+            "at": key[1],
+            "command": key[2],
+            "warnings": [f"{w.get('name')}: {w.get('detail')}" for w in entry.get("warnings") or []],
+        }
+        rows.append(by_check[key])
+    return {"name": PREFLIGHT_NAME, "rows": rows, "skipped": skipped}
 
 
 def scores(selection: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -252,10 +288,7 @@ def commands(config: ZireliaConfig, selection: dict[str, Any] | None, run_dir: P
     reproduce = [
         f"python -m zirelia_local.train {source} --run-dir {where}",
         "# or stage by stage:",
-        *[
-            f"zirelia {stage} {source} --run-dir {where}"
-            for stage in ("dataset", "curate", "train", "critic", "report")
-        ],
+        *[f"zirelia {stage} {source} --run-dir {where}" for stage in STAGE_NAMES],
     ]
     selection = selection or {}
     settings = selection.get("settings")
