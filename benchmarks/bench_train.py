@@ -5,7 +5,9 @@
 With the cache (the default), images and captions are encoded once (VAE, CLIP, T5) and every step runs only
 the transformer; without it, each step encodes its batch again. On the tiny model the encoders cost about as
 much as the transformer; on FLUX.1-dev T5-XXL and the VAE at 1024 px add far more, and keeping them loaded
-costs ~10 GB of memory. Figures are medians over all steps of a run (the first step excluded).
+costs ~10 GB of memory. The s/step figures are the one the progress bar and the report quote: the median of
+each step's own duration (`step_seconds` in train/metrics.jsonl), the first step excluded
+(zirelia_local/training/step_time.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -27,6 +28,7 @@ from figures import print_figure
 from zirelia_local.cli import configure_logging
 from zirelia_local.common.config import load_config
 from zirelia_local.common.files import read_jsonl
+from zirelia_local.training.step_time import median_from_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,7 +38,7 @@ def report(metric: str, value: float, params: str) -> None:
 
 
 def run(config) -> tuple[float, float]:
-    """Train once from scratch (LoRA files and state removed, cache kept); (median s/step, wall seconds)."""
+    """Train once from scratch (LoRA files and state removed, cache kept); (median step_seconds, wall seconds)."""
     from zirelia_local.training.diffusers_backend import train_diffusers
 
     train = config.run_dir / "train"
@@ -47,8 +49,9 @@ def run(config) -> tuple[float, float]:
     started = time.perf_counter()
     train_diffusers(config)
     wall = time.perf_counter() - started
-    steps = [r["s_per_step"] for r in read_jsonl(train / "metrics.jsonl") if "s_per_step" in r]
-    return statistics.median(steps[1:] or steps), wall
+    median = median_from_metrics(read_jsonl(train / "metrics.jsonl"))
+    assert median is not None, "the trainer recorded no step_seconds"
+    return median, wall
 
 
 def main() -> None:
@@ -93,8 +96,8 @@ def main() -> None:
         config.train.cache_text_encoder_outputs = False
         off_step, off_wall = run(config)
 
-    report("s/step, latent + text-encoder cache on", warm_step, params)
-    report("s/step, cache off (encode every step)", off_step, params)
+    report("median s/step (step_seconds), latent + text-encoder cache on", warm_step, params)
+    report("median s/step (step_seconds), cache off (encode every step)", off_step, params)
     report("speed-up of the cache (x)", off_step / warm_step, params)
     report("run wall s, cache on, first run (encodes)", cold_wall, params)
     report("run wall s, cache on, reused (no encoder loaded)", warm_wall, params)

@@ -75,7 +75,9 @@ def test_demo_config_runs_end_to_end(tmp_path):
 
 def test_stages_run_alone_on_an_empty_run_directory_say_what_comes_first(tmp_path):
     """Each stage on a run directory that has nothing for it: exit 1, the missing input, the command to run."""
-    path = write_config(tmp_path, count=2)
+    # The built-in trainer, so that training's pre-flight passes here (kohya's would stop at the missing
+    # sd-scripts checkout, before the empty run directory is noticed).
+    path = write_config(tmp_path, count=2, extra='[train]\nbackend = "diffusers"\n')
     expected = {
         "caption": "zirelia dataset CONFIG",
         "curate": "zirelia dataset CONFIG",

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,117 @@ def test_build_context_sends_only_what_the_image_copies() -> None:
     sources = [source for line in copied for source in line.split()]
     for source in sources:
         assert f"!{source}" in ignore or f"!{source}/" in ignore, f"{source} is excluded from the build context"
+
+
+def _index(lines: list[str], predicate) -> int:
+    return next(position for position, line in enumerate(lines) if predicate(line))
+
+
+def test_the_user_and_its_cache_exist_before_any_step_can_write_into_its_home() -> None:
+    lines = dockerfile_lines()
+    create_user = _index(lines, lambda line: line.startswith("RUN ") and "useradd" in line)
+    # Before it only the system packages are installed: no venv, pip or Python import yet (those run as
+    # root, and an import can write into $HOME: onnxruntime wrote ~/.cache/Microsoft).
+    before = [line for line in lines[:create_user] if line.startswith("RUN ")]
+    assert len(before) == 1 and before[0].startswith("RUN apt-get update")
+    assert not any(word in before[0] for word in ("pip install", "-m venv", "python -c", "python3 -c"))
+    assert "install -d -m 1777 -o 1001 -g 1001 /home/zirelia/.cache" in lines[create_user]
+    assert "chmod 1777 /home/zirelia" in lines[create_user]  # any --user may write there
+    env = " ".join(line for line in lines if line.startswith("ENV "))
+    assert "HOME=/home/zirelia" in env and "XDG_CACHE_HOME=/home/zirelia/.cache" in env
+    # The last root step fails the build if anything in the home is not the user's.
+    check = _index(lines, lambda line: "find /home/zirelia ! -uid 1001" in line)
+    assert create_user < check < _index(lines, lambda line: line.startswith("USER "))
+    assert "exit 1" in lines[check]
+
+
+def test_onnxruntime_telemetry_is_off_and_the_variable_is_the_one_onnxruntime_reads(tmp_path: Path) -> None:
+    env_lines = " ".join(line for line in dockerfile_lines() if line.startswith("ENV "))
+    assert "ORT_DISABLE_TELEMETRY=1" in env_lines
+    # The installed onnxruntime (the dev extra's CPU build; the image's GPU build shares its telemetry code):
+    # importing it writes a device id under $XDG_CACHE_HOME/Microsoft unless the variable is set.
+    pytest.importorskip("onnxruntime")
+    for disabled in (False, True):
+        cache = tmp_path / f"cache-{disabled}"
+        env = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(cache)}
+        env.pop("ORT_DISABLE_TELEMETRY", None)
+        if disabled:
+            env["ORT_DISABLE_TELEMETRY"] = "1"
+        subprocess.run([sys.executable, "-c", "import onnxruntime"], env=env, check=True, timeout=120)
+        assert (cache / "Microsoft").exists() is not disabled
+
+
+def test_bitsandbytes_is_installed_in_the_projects_environment() -> None:
+    lines = dockerfile_lines()
+    install = next(line for line in lines if "/opt/venv" in line and "pip install --constraint" in line)
+    assert '".[insightface-gpu,quantization]"' in install and "import zirelia_local" in install
+    assert "bitsandbytes" in install.split("import zirelia_local", 1)[1]  # the build imports it
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(spec.startswith("bitsandbytes") for spec in extras["quantization"])
+    pins = (REPO / "docker" / "constraints.txt").read_text().splitlines()
+    assert any(pin.startswith("bitsandbytes==") for pin in pins)
+
+
+def test_torch_index_url_serves_only_the_torch_wheels() -> None:
+    (torch_step,) = [line for line in dockerfile_lines() if "python3 -m venv /opt/torch" in line]
+    assert "--extra-index-url" not in torch_step
+    from_index, from_default = torch_step.split("fi", 1)
+    assert '--no-deps --index-url "${TORCH_INDEX_URL}" ${TORCH}' in from_index
+    assert 'if [ -n "${TORCH_INDEX_URL}" ]' in from_index
+    # The dependencies: the default index, under the constraints (no index flag).
+    assert "pip install --constraint /tmp/constraints/constraints.txt ${TORCH}" in from_default
+    assert "index-url" not in from_default
+
+
+def test_gitignore_keeps_the_download_folders_out(tmp_path: Path) -> None:
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = ["hf/hub/models--x/blobs/abc", "models/flux1-dev.safetensors", "runs/demo/report/index.html"]
+    result = subprocess.run(
+        ["git", "check-ignore", "--no-index", *paths], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.split() == paths
+    kept = subprocess.run(
+        ["git", "check-ignore", "--no-index", "zirelia_local/models.py", "tests/data/models/x"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert kept.stdout == ""  # only the root folders: a package or test folder named models stays tracked
+
+
+SMOKE = REPO / "scripts" / "docker_smoke.sh"
+
+
+def test_smoke_script_forwards_every_build_argument_and_runs_as_a_user() -> None:
+    text = SMOKE.read_text()
+    arguments = set(re.findall(r"^ARG (\w+)", DOCKERFILE.read_text(), flags=re.MULTILINE)) - {"DEBIAN_FRONTEND"}
+    forwarded = set(re.search(r"for name in ([A-Z_ ]+); do", text).group(1).split())
+    assert forwarded == arguments
+    assert '--user "$user"' in text and "user=1234:1234" in text  # never as root, never as the image's user
+    for check in ("doctor configs/demo.toml", "report/index.html", "bitsandbytes_problem", "Microsoft"):
+        assert check in text, check
+    assert os.access(SMOKE, os.X_OK)
+
+
+def test_smoke_script_passes_shellcheck_and_says_when_no_engine_answers(tmp_path: Path) -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is not None:
+        result = subprocess.run([shellcheck, "-x", str(SMOKE)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout
+    # Where no engine answers (here: DOCKER_HOST points at a socket nobody listens on), it stops at once.
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path / 'none.sock'}"}
+    if shutil.which("docker") is None:
+        return
+    result = subprocess.run(["bash", str(SMOKE)], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2 and "no Docker engine" in result.stderr
+
+
+def test_every_run_step_is_valid_bash() -> None:
+    # The image's SHELL is bash (-o pipefail); a syntax error would only show in a build, which CI cannot run.
+    runs = [line.removeprefix("RUN ") for line in dockerfile_lines() if line.startswith("RUN ")]
+    assert len(runs) >= 5
+    for command in runs:
+        result = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, f"{command}\n{result.stderr}"

@@ -6,16 +6,22 @@ What cannot exist on a CPU machine is stood in for and says so: GPUs are `GpuInf
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import venv
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from tests.conftest import REPO, write_config
+from tests.onnx_standins import build_pack
 from zirelia_local.common.config import CurateConfig, GeneratorConfig, TrainConfig, load_config
 from zirelia_local.doctor import STAGES, collect_checks
 from zirelia_local.doctor.check import fail
@@ -33,7 +39,13 @@ from zirelia_local.doctor.models import (
     gpu_requirement,
     hub_access,
 )
-from zirelia_local.doctor.resources import disk_check, embedder_check, estimate_run_bytes
+from zirelia_local.doctor.resources import (
+    critic_clip_check,
+    disk_check,
+    embedder_check,
+    estimate_run_bytes,
+    run_dir_check,
+)
 from zirelia_local.doctor.table import render_table
 from zirelia_local.training.presets import GpuInfo
 
@@ -103,6 +115,12 @@ def test_doctor_sienna_on_a_cpu_machine_fails_naming_gpu_weights_and_sd_scripts(
     assert table["embedder (dlib)"][0] == "ok" and table["python"][0] == "ok"
     assert "no Hugging Face token" in table["generator model"][1] and "HF_TOKEN" in table["generator model"][2]
     assert "ZIRELIA_SD_SCRIPTS" in table["sd-scripts"][1]
+    # No model path in the config: each "auto" row names the one download generation and training share.
+    for key in ("pretrained_model", "clip_l", "t5xxl", "ae"):
+        status, detail, fix = table[f"train.{key}"]
+        assert status == "FAIL"
+        assert detail.startswith("auto: black-forest-labs/FLUX.1-dev is not in the Hugging Face cache"), detail
+        assert fix.startswith("hf download black-forest-labs/FLUX.1-dev --exclude flux1-dev.safetensors"), fix
     assert all(table[name][2] for name in failed)  # every failing row says the fix
     summary = " ".join(result.stderr.split())
     assert "the configured run cannot start: cuda, generator model, sd-scripts" in summary
@@ -132,7 +150,7 @@ def test_checks_for_some_stages_keep_only_their_rows() -> None:
     environment = [check.name for check in collect_checks(None)]
 
     report_only = [check.name for check in collect_checks(config, stages=["report"])]
-    assert report_only == environment  # the report loads no model and writes next to nothing
+    assert report_only == [*environment, "run dir"]  # the report loads no model; it writes report/ only
 
     training = {check.name: check for check in collect_checks(config, stages=["train"])}
     assert {"device", "training backend", "disk (run dir)"} <= set(training)
@@ -210,6 +228,23 @@ def test_sd_scripts_python_without_its_requirements_fails(tmp_path: Path) -> Non
     assert "pip install -r requirements.txt" in check.fix
 
 
+def test_sd_scripts_python_stopped_early_looks_its_modules_up_without_importing(tmp_path: Path) -> None:
+    # The pre-flight stops the slow import when other checks failed: a missing package is still reported.
+    folder = _library_stand_in(tmp_path / "sd")
+    # The real library.train_util takes seconds to import (torch and more); the stand-in takes longer.
+    (folder / "library" / "train_util.py").write_text("import time\ntime.sleep(120)\n")
+    bare = tmp_path / "bare-venv"
+    venv.EnvBuilder(with_pip=False).create(bare)
+    stop = threading.Event()
+    stop.set()
+    started = time.monotonic()
+    missing = sd_scripts_python_check(folder, bare / "bin" / "python", timeout=60, stop=stop)
+    assert missing.status == "FAIL" and "No module named 'accelerate', 'transformers', 'diffusers'" in missing.detail
+    found = sd_scripts_python_check(folder, Path(sys.executable), timeout=60, stop=stop)
+    assert found.status == "ok" and "not imported" in found.detail
+    assert time.monotonic() - started < 30  # neither waited for the import
+
+
 def test_sd_scripts_python_that_does_not_exist_fails(tmp_path: Path) -> None:
     check = sd_scripts_python_check(tmp_path, tmp_path / "venv" / "bin" / "python")
     assert check.status == "FAIL" and "does not exist" in check.detail
@@ -244,16 +279,32 @@ def test_kohya_model_files(tmp_path: Path) -> None:
     files = {}
     for key in ("pretrained_model", "clip_l", "t5xxl", "ae"):
         files[key] = tmp_path / f"{key}.safetensors"
-        files[key].write_bytes(b"\0" * 1000)
-    present = kohya_model_file_checks(TrainConfig(**{key: str(path) for key, path in files.items()}))
+        save_file({"weight": np.zeros((16, 16), np.float32)}, files[key])  # small, but real safetensors files
+    config = load_config(write_config(tmp_path))
+    for key, path in files.items():
+        setattr(config.train, key, str(path))
+    present = kohya_model_file_checks(config)
     assert [check.status for check in present] == ["ok"] * 4
     files["t5xxl"].unlink()
-    partial = kohya_model_file_checks(TrainConfig(**{key: str(path) for key, path in files.items()}))
-    t5 = next(check for check in partial if check.name == "train.t5xxl")
-    assert t5.status == "FAIL" and "t5xxl_fp16.safetensors" in t5.fix
-    unset = kohya_model_file_checks(TrainConfig())
+    t5 = next(check for check in kohya_model_file_checks(config) if check.name == "train.t5xxl")
+    assert t5.status == "FAIL" and "t5xxl_fp16.safetensors" in t5.fix and '"auto"' in t5.fix
+    # An interrupted download: the training stage would refuse it, so the pre-flight does already.
+    files["ae"].write_bytes(files["ae"].read_bytes()[:-100])
+    ae = next(check for check in kohya_model_file_checks(config) if check.name == "train.ae")
+    assert ae.status == "FAIL" and "is truncated" in ae.detail and "download it again" in ae.fix
+    for key in files:
+        setattr(config.train, key, None)
+    unset = kohya_model_file_checks(config)
     assert all(check.status == "FAIL" and "not set" in check.detail for check in unset)
-    assert len(kohya_model_file_checks(TrainConfig(model_type="sdxl"))) == 1
+    config.train.model_type = "sdxl"
+    assert len(kohya_model_file_checks(config)) == 1
+    config.train.pretrained_model = "stabilityai/sdxl-base"
+    assert kohya_model_file_checks(config)[0].status == "ok"  # sd-scripts loads an SDXL base model by hub id
+    # "auto" with the embedded test model as the generator: nothing to find, and the row says why.
+    config.train.model_type = "flux"
+    config.train.ae = "auto"
+    auto = next(check for check in kohya_model_file_checks(config) if check.name == "train.ae")
+    assert auto.status == "FAIL" and "embedded test model" in auto.detail and "[train] ae" in auto.fix
 
 
 # --- GPU and VRAM (GPUs are stand-ins: none exists on the CPU machines this runs on) ------------------------
@@ -287,6 +338,8 @@ def test_vram_check_uses_the_smallest_training_gpu_and_flags_a_preset_too_large(
 def test_gpu_rows() -> None:
     assert gpu_checks([], "no CUDA GPU visible", gpu_required="FLUX needs one")[0].status == "FAIL"
     assert gpu_checks([], "no CUDA GPU visible", gpu_required=None)[0].status == "warn"
+    # A config that runs on the CPU (the demo) has nothing to warn about.
+    assert gpu_checks([], "no CUDA GPU visible", gpu_required=None, for_config=True)[0].status == "ok"
     rows = gpu_checks([GpuInfo(0, "NVIDIA H100", 80 * GIB, 79 * GIB)], "CUDA 13.0 build, 1 GPU(s)", gpu_required="x")
     assert [row.status for row in rows] == ["ok", "ok"] and "79.0 GiB free" in rows[1].detail
 
@@ -301,6 +354,11 @@ def test_device_rows(tmp_path: Path) -> None:
     config.generator.device = "cpu"
     on_cpu = device_check(config, [GpuInfo(0, "gpu", 24 * GIB, None)])
     assert on_cpu.status == "FAIL" and 'device = "auto"' in on_cpu.fix
+    config.generator.device = "auto"
+    twelve = device_check(config, [GpuInfo(0, "RTX 3060", 12 * GIB, None)])
+    if importlib.util.find_spec("bitsandbytes") is None:  # not installed here: auto says why it is not nf4
+        assert twelve.status == "warn" and "bitsandbytes is not installed" in twelve.detail
+        assert "quantization fp8_storage" in twelve.detail and "pip install bitsandbytes" in twelve.fix
 
 
 # --- generator model ----------------------------------------------------------------------------------------
@@ -379,14 +437,49 @@ def test_hub_access_offline_answers_at_once(monkeypatch: pytest.MonkeyPatch) -> 
 def test_embedder_rows(tmp_path: Path) -> None:
     assert embedder_check(CurateConfig(), []).status == "ok"  # dlib's .dat files ship with the package
     root = tmp_path / "insightface"
+    # The embedder never downloads (faces/insightface_embedder.py): a missing pack stops the run.
     absent = embedder_check(CurateConfig(embedder="insightface", insightface_root=root), [])
-    assert absent.status == "warn" and "download" in absent.detail
+    assert absent.status == "FAIL" and "does not exist" in absent.detail
+    assert "[curate] insightface_root" in absent.fix
     (root / "models" / "buffalo_l").mkdir(parents=True)
     empty = embedder_check(CurateConfig(embedder="insightface", insightface_root=root), [])
     assert empty.status == "FAIL" and "no .onnx" in empty.detail
-    (root / "models" / "buffalo_l" / "det_10g.onnx").write_bytes(b"onnx")
+    build_pack(root, detector=False)
+    no_detector = embedder_check(CurateConfig(embedder="insightface", insightface_root=root), [])
+    assert no_detector.status == "FAIL" and "no detection model" in no_detector.detail
+    build_pack(root)
     present = embedder_check(CurateConfig(embedder="insightface", insightface_root=root, device="cpu"), [])
-    assert present.status == "ok" and "det_10g.onnx" in present.detail
+    assert present.status == "ok" and "det_10g.onnx" in present.detail and "w600k_r50.onnx" in present.detail
+
+
+def test_critic_clip_rows(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path))
+    unset = critic_clip_check(config)
+    assert unset.status == "warn" and "prompt adherence will not be scored" in unset.detail
+    config.critic.clip_pretrained = str(tmp_path / "nowhere" / "open_clip_model.safetensors")
+    missing = critic_clip_check(config)
+    assert missing.status == "FAIL" and "does not exist" in missing.detail and "clip_pretrained" in missing.fix
+    weights = tmp_path / "clip.safetensors"
+    weights.write_bytes(b"\0" * 16)
+    config.critic.clip_pretrained = str(weights)
+    assert critic_clip_check(config).status == "ok"
+    pickled = tmp_path / "clip.bin"
+    pickled.write_bytes(b"\0" * 16)
+    config.critic.clip_pretrained = str(pickled)
+    assert critic_clip_check(config).status == "FAIL"  # pickles only with [run] allow_pickle
+    config.critic.clip_pretrained = "laion2b_s34b_b79k"
+    assert critic_clip_check(config).status == "warn"  # an open_clip tag: fetched on first use
+
+
+def test_run_dir_rows(tmp_path: Path) -> None:
+    assert run_dir_check(tmp_path).status == "ok"
+    later = run_dir_check(tmp_path / "a" / "b")
+    assert later.status == "ok" and "will be created in" in later.detail
+    assert not (tmp_path / "a").exists()  # the probe creates nothing where the run will go
+    (tmp_path / "file").write_text("x")
+    under_a_file = run_dir_check(tmp_path / "file" / "run")
+    assert under_a_file.status == "FAIL" and "is a file" in under_a_file.detail and "--run-dir" in under_a_file.fix
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]  # no probe file left behind
 
 
 def test_run_size_estimate_follows_the_config() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import textwrap
 
 import pytest
@@ -32,6 +34,36 @@ def test_auto_memory_plan_per_card(gib, memory, quantization):
     assert f"{gib} GiB" in plan.reason
 
 
+def _package(root, body: str):
+    """A real (tiny) package named bitsandbytes on sys.path: a broken install, or one that imports."""
+    (root / "bitsandbytes").mkdir(parents=True)
+    (root / "bitsandbytes" / "__init__.py").write_text(body)
+    return root
+
+
+def test_auto_on_a_12gb_card_says_why_it_falls_back_from_nf4(tmp_path, monkeypatch):
+    twelve = int(12 * GIB)
+    if importlib.util.find_spec("bitsandbytes") is None:
+        plan = plan_memory(GeneratorConfig(), torch.device("cuda", 0), total_memory=twelve)
+        assert (plan.memory, plan.quantization) == ("model_offload", "fp8_storage")
+        assert "bitsandbytes is not installed" in plan.fallback and "pip install bitsandbytes" in plan.reason
+    monkeypatch.syspath_prepend(str(_package(tmp_path / "broken", "raise RuntimeError('no CUDA library found')\n")))
+    monkeypatch.delitem(sys.modules, "bitsandbytes", raising=False)
+    broken = plan_memory(GeneratorConfig(), torch.device("cuda", 0), total_memory=twelve)
+    assert broken.quantization == "fp8_storage"
+    assert "fails to import (RuntimeError: no CUDA library found)" in broken.fallback
+
+
+def test_auto_on_a_12gb_card_takes_nf4_when_bitsandbytes_imports(tmp_path, monkeypatch):
+    # Stand-in: bitsandbytes is not installed in this environment; a package that imports takes its place.
+    monkeypatch.syspath_prepend(str(_package(tmp_path / "ok", "")))
+    monkeypatch.delitem(sys.modules, "bitsandbytes", raising=False)
+    plan = plan_memory(GeneratorConfig(), torch.device("cuda", 0), total_memory=int(12 * GIB))
+    assert (plan.memory, plan.quantization, plan.fallback) == ("model_offload", "bnb_nf4", None)
+    explicit = plan_memory(GeneratorConfig(quantization="none"), torch.device("cuda", 0), total_memory=int(12 * GIB))
+    assert explicit.quantization == "none" and explicit.fallback is None
+
+
 def test_explicit_memory_settings_are_kept():
     gen = GeneratorConfig(memory="sequential_offload", quantization="none")
     plan = plan_memory(gen, torch.device("cuda", 0), total_memory=80 * GIB)
@@ -59,7 +91,13 @@ def test_cli_with_cuda_config_on_cpu_machine_exits_1_without_traceback(tmp_path)
     path.write_text(path.read_text().replace('device = "cpu"', 'device = "cuda"'))
     result = run_cli(["-m", "zirelia_local", "dataset", str(path)])
     assert result.returncode == 1
-    assert "sees no CUDA GPU" in result.stderr and "Traceback" not in result.stderr
+    text = " ".join(result.stderr.split())
+    # The pre-flight says it before the model is loaded; without it, loading says it.
+    assert "cuda: no CUDA GPU visible" in text and "the config asks for device 'cuda'" in text
+    assert "Traceback" not in text
+    unchecked = run_cli(["-m", "zirelia_local", "dataset", str(path), "--skip-checks"])
+    assert unchecked.returncode == 1
+    assert "sees no CUDA GPU" in unchecked.stderr and "Traceback" not in unchecked.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens on a machine without a GPU")

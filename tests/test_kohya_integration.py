@@ -14,8 +14,12 @@ layers (4.7B parameters), so a small wrapper script swaps `library.flux_utils.lo
 SD1.5 (`train_network.py`) needs the standard SD1.5 shape (it converts the diffusers U-Net into its own
 fixed-width one), so that model is full size: an 860M-parameter U-Net, CLIP-L and the SD VAE, random, saved
 in fp16 as a diffusers folder (2 GB). SDXL's 2.6B U-Net is left out: too large for a CPU test.
-Cost on 2 CPU cores: about 1 min to build the models (cached in ZIRELIA_TEST_CACHE), then two FLUX launches
-of about 1.5 min each (model loading and caching dominate; a step takes 20-30 s) and one SD1.5 launch.
+A third FLUX launch trains from `"auto"` paths: a hub-cache snapshot in FLUX.1-dev's layout, whose
+transformer is the diffusers folder (3 shards, full width, 1+1 blocks; sd-scripts converts the keys) and
+whose T5 is merged from two shards by zirelia before the launch.
+Cost on 2 CPU cores: about 1 min to build the models (cached in ZIRELIA_TEST_CACHE) and 1 min for the
+diffusers-layout repository, then three FLUX launches of about 1.5 min each (model loading and caching
+dominate; a step takes 20-50 s) and one SD1.5 launch.
 """
 
 from __future__ import annotations
@@ -117,6 +121,7 @@ import runpy
 import sys
 
 SD_SCRIPTS = {sd_scripts!r}
+T5_CONFIG = {t5_config!r}  # None: the config is in the file's metadata
 sys.path.insert(0, SD_SCRIPTS)
 
 from safetensors import safe_open  # noqa: E402
@@ -128,7 +133,7 @@ from library import flux_utils  # noqa: E402
 
 def load_small_t5(ckpt_path, dtype, device, disable_mmap=False, state_dict=None):
     with safe_open(ckpt_path, framework="pt") as handle:
-        config = T5Config(**json.loads(handle.metadata()["zirelia_t5_config"]))
+        config = T5Config(**json.loads(T5_CONFIG or handle.metadata()["zirelia_t5_config"]))
     model = T5EncoderModel(config)
     model.load_state_dict(state_dict if state_dict is not None else load_file(ckpt_path), strict=True)
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
@@ -207,7 +212,7 @@ def test_verified_flags_exist_in_the_checkouts_parser(sd_scripts):
 
 def test_real_sd_scripts_trains_a_flux_lora_on_cpu_and_resumes(tmp_path, sd_scripts, kohya_models):
     wrapper = tmp_path / "flux_train_with_small_t5.py"
-    wrapper.write_text(T5_WRAPPER.format(sd_scripts=str(sd_scripts)))
+    wrapper.write_text(T5_WRAPPER.format(sd_scripts=str(sd_scripts), t5_config=None))
     train = f"""
     [train]
     sd_scripts = '{sd_scripts}'
@@ -256,6 +261,107 @@ def test_real_sd_scripts_trains_a_flux_lora_on_cpu_and_resumes(tmp_path, sd_scri
     assert "epoch 2/2" in second_launch and "epoch 1/2" not in second_launch
     assert [(r["step"], r["epoch"]) for r in read_jsonl(out / METRICS_FILE)] == [(1, 1), (2, 2)]
     assert newest_state(out, "testpersona7").epoch == 2
+
+
+FLUX_REPO_VERSION = 1
+
+
+@pytest.fixture(scope="module")
+def flux_repository(kohya_models: Path, _cache_dir: Path) -> dict[str, Path]:
+    """FLUX.1-dev's repository layout at sd-scripts' full width, without flux1-dev.safetensors: the diffusers
+    transformer (1 double + 1 single block) in three shards, text_encoder/model.safetensors (the CLIP-L),
+    text_encoder_2/ (the 1-layer T5) in two shards, ae.safetensors. Built once into the test cache."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import load_file
+
+    from tests.flux_repo import T5_SHARDS, TRANSFORMER_SHARDS, sharded_files, write_folder
+
+    folder = _cache_dir / f"kohya-flux-repository-v{FLUX_REPO_VERSION}"
+    if not (folder / "model_index.json").is_file():
+        staging = folder.with_name(folder.name + ".building")
+        torch.manual_seed(0)
+        transformer = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=64,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=128,
+            num_attention_heads=24,
+            joint_attention_dim=4096,
+            pooled_projection_dim=768,
+            guidance_embeds=True,
+            axes_dims_rope=(16, 56, 56),
+        )
+        weights = {name: tensor.to(torch.bfloat16) for name, tensor in transformer.state_dict().items()}
+        del transformer
+        files: dict[str, bytes] = sharded_files(
+            weights, TRANSFORMER_SHARDS, "diffusion_pytorch_model.safetensors.index.json", "transformer"
+        )
+        files.update(
+            sharded_files(
+                load_file(kohya_models / "t5xxl-1layer.safetensors"),
+                T5_SHARDS,
+                "model.safetensors.index.json",
+                "text_encoder_2",
+            )
+        )
+        files["text_encoder/model.safetensors"] = (kohya_models / "clip_l.safetensors").read_bytes()
+        files["ae.safetensors"] = (kohya_models / "ae.safetensors").read_bytes()
+        write_folder(staging, files)
+        (staging / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+        os.replace(staging, folder)
+    return {str(path.relative_to(folder)): path for path in folder.rglob("*") if path.is_file()}
+
+
+def test_real_sd_scripts_trains_from_auto_paths_in_the_hub_cache(
+    tmp_path, sd_scripts, kohya_models, flux_repository, monkeypatch
+):
+    """One download: "auto" gives sd-scripts the diffusers folder as the transformer and T5-XXL merged from
+    its two shards; the real FLUX trainer loads both (converting the diffusers keys) and trains."""
+    from huggingface_hub import constants
+    from safetensors import safe_open as open_safetensors
+
+    from tests.flux_repo import FLUX_DEV_REPO, T5_SHARDS, assert_same_tensors, write_hub_cache
+
+    snapshot = write_hub_cache(tmp_path / "hub", dict(flux_repository))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("ZIRELIA_CACHE", str(tmp_path / "zirelia-cache"))
+    with open_safetensors(str(kohya_models / "t5xxl-1layer.safetensors"), framework="pt") as handle:
+        t5_config = handle.metadata()["zirelia_t5_config"]
+    wrapper = tmp_path / "flux_train_with_small_t5.py"
+    wrapper.write_text(T5_WRAPPER.format(sd_scripts=str(sd_scripts), t5_config=t5_config))
+    train = f"""
+    [train]
+    sd_scripts = '{sd_scripts}'
+    tokenizer_cache_dir = '{kohya_models / "tokenizers"}'
+    vram = '40gb'
+    mixed_precision = 'no'
+    optimizer = 'AdamW'
+    batch_size = 2
+    epochs = 1
+    [train.extra_args]
+    max_data_loader_n_workers = 0
+    """
+    config = load_config(write_config(tmp_path, count=2, extra=train))
+    run_dataset(config)  # drawn by the tiny pipeline; training then reads FLUX.1-dev's (stand-in) repository
+    config.generator.model = FLUX_DEV_REPO
+
+    result = train_kohya(config, script=wrapper)
+    out = result.output_dir
+    merged = tmp_path / "zirelia-cache" / "flux-t5xxl" / "black-forest-labs--FLUX.1-dev-t5xxl.safetensors"
+    command = (out / "command.sh").read_text()
+    assert f"--pretrained_model_name_or_path {snapshot}" in command and f"--t5xxl {merged}" in command
+    assert f"--clip_l {snapshot / 'text_encoder' / 'model.safetensors'}" in command
+    assert f"--ae {snapshot / 'ae.safetensors'}" in command
+    log = (out / LOG_FILE).read_text()
+    assert "from Diffusers checkpoint" in log and "Converting Diffusers to BFL" in log
+    assert "Loaded Flux: <All keys matched successfully>" in log  # sd-scripts loads with strict=False
+    assert_same_tensors(merged, [snapshot / "text_encoder_2" / shard for shard in T5_SHARDS])
+    assert result.epoch_files == {1: out / "testpersona7.safetensors"}
+    with safe_open(str(out / "testpersona7.safetensors"), framework="pt") as lora:
+        assert lora.get_tensor("lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight").shape == (32, 3072)
+        assert lora.metadata()["ss_base_model_version"] == "flux1"
 
 
 def test_real_sd_scripts_trains_an_sd15_lora_from_a_diffusers_folder_on_cpu(tmp_path, sd_scripts, sd15_model):

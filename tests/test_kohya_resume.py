@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from zirelia_local.training.kohya import _completed_epoch, _preserve_final_epoch
 from zirelia_local.training.outputs import epoch_lora_files
-from zirelia_local.training.resume import list_states, newest_state
+from zirelia_local.training.resume import completed_epoch, list_states, newest_state, preserve_final_epoch
 
 
 def make_state(folder: Path, name: str, *, epoch: int | None, step: int | None, complete: bool = True) -> Path:
@@ -75,8 +74,8 @@ def test_training_on_past_a_finished_run_keeps_its_last_epoch(tmp_path):
     make_lora(tmp_path / "sienna-000001.safetensors", 1)
     make_lora(tmp_path / "sienna.safetensors", 2)
     state = make_state(tmp_path / "sienna-state", "sienna", epoch=2, step=20)
-    assert _completed_epoch(tmp_path, "sienna") == 2
-    _preserve_final_epoch(tmp_path, "sienna", newest_state(tmp_path, "sienna"))
+    assert completed_epoch(tmp_path, "sienna") == 2
+    preserve_final_epoch(tmp_path, "sienna", newest_state(tmp_path, "sienna"))
     assert not (tmp_path / "sienna.safetensors").exists()
     assert epoch_lora_files(tmp_path, "sienna") == {
         1: tmp_path / "sienna-000001.safetensors",

@@ -23,6 +23,7 @@ from tests.conftest import DATA, REPO
 from zirelia_local.common.files import read_jsonl
 from zirelia_local.training.kohya_log import parse_epoch, parse_progress, parse_saved, split_segments
 from zirelia_local.training.runner import OutputTracker, run_streaming
+from zirelia_local.training.step_time import median_from_metrics
 
 FRESH = DATA / "kohya" / "flux_cpu_two_epochs.out"  # 2 images, batch 1, 2 epochs: 4 steps
 RESUMED = DATA / "kohya" / "flux_cpu_resumed.out"  # --resume from the epoch-1 state, to epoch 2 of 2
@@ -38,12 +39,12 @@ def test_progress_lines_of_a_real_run_parse():
     pairs = [(0, 4), (1, 4), (1, 4), (2, 4), (2, 4), (3, 4), (3, 4), (4, 4), (4, 4), (4, 4)]
     assert [(p.step, p.total) for p in bars] == pairs
     first_step, first_loss = bars[1], bars[2]
-    assert first_step.seconds_per_step == pytest.approx(24.84) and first_step.avr_loss is None
+    assert first_step.avg_seconds_per_step == pytest.approx(24.84) and first_step.avr_loss is None
     assert first_step.elapsed == "00:24" and first_step.remaining == "01:14" and first_step.percent == 25
     assert first_loss.avr_loss == pytest.approx(1.5)
-    assert bars[0].remaining is None and bars[0].seconds_per_step is None  # "[00:00<?, ?it/s]"
+    assert bars[0].remaining is None and bars[0].avg_seconds_per_step is None  # "[00:00<?, ?it/s]"
     rate = parse_progress("steps:  40%|####      | 4/10 [00:02<00:03,  1.85it/s, avr_loss=0.0912]")
-    assert rate.seconds_per_step == pytest.approx(1 / 1.85) and rate.avr_loss == pytest.approx(0.0912)
+    assert rate.avg_seconds_per_step == pytest.approx(1 / 1.85) and rate.avr_loss == pytest.approx(0.0912)
     assert parse_progress("caching latents:  50%|#####     | 1/2 [00:01<00:01,  1.00s/it]") is None
     assert parse_progress("epoch validation steps:  0%|          | 0/2 [00:00<?, ?it/s]") is None
 
@@ -80,7 +81,7 @@ def test_tracker_records_each_step_with_its_own_loss(tmp_path):
     assert [(r["step"], r["epoch"], r["total_steps"]) for r in records] == [(1, 1, 4), (2, 1, 4), (3, 2, 4), (4, 2, 4)]
     # tqdm draws a step first with the previous postfix; the loss recorded is the step's own.
     assert [r["avr_loss"] for r in records][:3] == [1.5, 1.51, 1.54]
-    assert records[0]["seconds_per_step"] == pytest.approx(24.84)
+    assert records[0]["avg_step_seconds"] == pytest.approx(24.84)
     outcome = tracker.outcome
     assert (outcome.epoch, outcome.epochs_total, outcome.step, outcome.total_steps) == (2, 2, 4, 4)
     assert [p.name for p in outcome.saved] == ["testpersona7-000001.safetensors", "testpersona7.safetensors"]
@@ -271,3 +272,63 @@ def test_metrics_time_each_step_when_it_ends_not_when_the_next_begins(tmp_path):
     first, second = read_jsonl(tmp_path / "metrics.jsonl")
     assert (first["avr_loss"], second["avr_loss"]) == (0.7, 0.6)
     assert second["elapsed_s"] - first["elapsed_s"] >= 0.8
+    assert second["step_seconds"] >= 0.8  # the second step's line came a second after the first's
+
+
+def stamped_tracker(tmp_path: Path) -> list[dict]:
+    """The captured real run through the tracker, each step line arriving at the time tqdm stamped on it
+    (its elapsed field, `[01:05<...`): a clock for the replay, as the capture holds no arrival times."""
+    now = [0.0]
+    metrics = tmp_path / "metrics.jsonl"
+    with open(tmp_path / "train.log", "w", encoding="utf-8") as log:
+        tracker = OutputTracker(log, metrics, clock=lambda: now[0])
+        for segment in segments_of(FRESH):
+            progress = parse_progress(segment)
+            if progress is not None and progress.elapsed:
+                minutes, seconds = progress.elapsed.split(":")
+                now[0] = 60 * int(minutes) + int(seconds)
+            tracker.feed(segment)
+        tracker.finish()
+    return list(read_jsonl(metrics))
+
+
+def test_step_seconds_of_a_real_log_are_the_differences_of_its_step_timestamps(tmp_path):
+    records = stamped_tracker(tmp_path)
+    # Step lines stamped 00:00 (the bar's 0/4), 00:24, 00:50, 01:05, 01:20.
+    assert [r["step_seconds"] for r in records] == [24, 26, 15, 15]
+    # sd-scripts' own s/it is its running average (elapsed / steps, tqdm smoothing=0), kept under its own name.
+    assert [r["avg_step_seconds"] for r in records] == pytest.approx([24.84, 25.50, 21.81, 20.06])
+    assert median_from_metrics(records) == 15  # steps 2..4: the figure the bar, the report and benchmarks quote
+
+
+PAUSED_REPLAY_CHILD = r"""
+import re, sys, time
+data = open(sys.argv[1], "rb").read()
+pauses = {1: 0.6, 2: 0.65, 3: 0.375, 4: 0.375}  # the capture's step times (24, 26, 15, 15 s) / 40
+drawn = 0
+for piece in re.split(rb"(?=\r)", data):
+    match = re.match(rb"\rsteps:\s*\d+%\|[^|]*\|\s*(\d+)/", piece)
+    if match and int(match.group(1)) > drawn:
+        drawn = int(match.group(1))
+        time.sleep(pauses[drawn])
+    sys.stdout.buffer.write(piece)
+    sys.stdout.buffer.flush()
+"""
+
+
+def test_step_seconds_are_measured_as_the_lines_arrive(tmp_path):
+    # Stand-in for the GPU run: a child replays the captured bytes, pausing before each new step line.
+    child = tmp_path / "paused.py"
+    child.write_text(PAUSED_REPLAY_CHILD)
+    outcome = run_streaming(
+        [sys.executable, str(child), str(FRESH)],
+        cwd=tmp_path,
+        env=dict(os.environ),
+        log_path=tmp_path / "train.log",
+        metrics_path=tmp_path / "metrics.jsonl",
+    )
+    assert outcome.returncode == 0
+    records = list(read_jsonl(tmp_path / "metrics.jsonl"))
+    measured = [r["step_seconds"] for r in records]
+    assert measured == pytest.approx([0.6, 0.65, 0.375, 0.375], abs=0.2), measured
+    assert [r["avg_step_seconds"] for r in records] == pytest.approx([24.84, 25.50, 21.81, 20.06])

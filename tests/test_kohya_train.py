@@ -101,7 +101,8 @@ def test_missing_and_truncated_model_files_are_listed(tmp_path):
     with pytest.raises(ZireliaError) as caught:
         train_kohya(config)
     message = str(caught.value)
-    assert "[train] clip_l is not set" in message and "comfyanonymous/flux_text_encoders" in message
+    # Unset, clip_l is "auto", and the embedded test model that generates here has no sd-scripts files.
+    assert '[train] clip_l = "auto": [generator] model is builtin:tiny-flux' in message
     assert "ae.safetensors does not exist" in message
     assert "t5xxl.safetensors is truncated" in message
     assert "pretrained_model" not in message
@@ -139,9 +140,9 @@ def test_dry_run_prints_a_copyable_command_and_warns_about_each_missing_part(tmp
     for expected in (
         "no sd-scripts checkout is configured",
         "[train] pretrained_model = 'models/flux1-dev.safetensors'",
-        "[train] clip_l is not set",
-        "[train] t5xxl is not set",
-        "[train] ae is not set",
+        '[train] clip_l = "auto": [generator] model is builtin:tiny-flux, the embedded test model',
+        '[train] t5xxl = "auto"',
+        '[train] ae = "auto"',
         "no generated images",
         "fell back to the 24gb preset",
     ):

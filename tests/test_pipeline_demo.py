@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -19,6 +20,14 @@ def test_demo_runs_every_stage_and_the_report_says_the_critic_rejected_the_image
     report = run_dir / "report" / "index.html"
     assert "report:" in result.stderr and report.is_file()
     page = report.read_text()
+    # The pre-flight checked every stage first; its one warning (no CLIP weights) is printed once, not again
+    # by the critic; the demo's other warnings are the stages' own, as before there was a pre-flight.
+    text = " ".join(result.stderr.split())
+    assert re.search(r"pre-flight: \d+ checks for dataset, curate, train, critic, report passed", text), text
+    assert text.count("prompt adherence will not be scored") == 1
+    assert text.count("warning:") == 4, text  # CLIP, record mode, no reference identity, epoch by default
+    assert "Pre-flight checks" in page and "were skipped" not in page
+    assert "s/step (median)" in page  # the step time, as the progress bar and docs/benchmarks.md quote it
     # The tiny random model draws no faces: the critic says so for every image, after its retry.
     assert "no face found" in page and "could not confirm the persona" in page
     assert "close-up portrait, face clearly visible" in page  # the retry's framing words

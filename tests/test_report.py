@@ -24,6 +24,7 @@ from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import read_jsonl, write_jsonl
 from zirelia_local.common.rundir import prepare_run_dir
 from zirelia_local.critic import run_critic
+from zirelia_local.report import sections
 from zirelia_local.report.render import environment, render_page
 from zirelia_local.report.stage import build_report_html, write_report
 
@@ -273,3 +274,17 @@ def test_report_renders_in_headless_chromium(finished_run, tmp_path):
     assert pixels.std() > 20  # text, tables and images, not a blank page
     green = (pixels[..., 1] > 120) & (pixels[..., 0] < 80) & (pixels[..., 2] < 110)
     assert green.sum() > 500  # the accepted images' green frames and the summary box are drawn
+
+
+def test_training_section_quotes_the_median_step_time():
+    # As the trainers write metrics.jsonl: event lines, and step lines with each step's own duration.
+    metrics = [
+        {"event": "cache", "latents_encoded": 3},
+        {"step": 1, "epoch": 1, "loss": 0.9, "step_seconds": 9.0},  # the first step: warm-up
+        {"step": 2, "epoch": 1, "loss": 0.8, "step_seconds": 1.0, "avg_step_seconds": 5.0},
+        {"step": 3, "epoch": 2, "loss": 0.7, "step_seconds": 2.0, "avg_step_seconds": 4.0},
+        {"step": 4, "epoch": 2, "loss": 0.6, "step_seconds": 3.0, "avg_step_seconds": 3.75},
+    ]
+    section = sections.training(metrics)
+    assert section["step_time"] == "2.00 s/step (median)"  # steps 2..4, not sd-scripts' running average
+    assert sections.training([{"step": 1, "loss": 0.5}])["step_time"] is None  # a run from before step_seconds

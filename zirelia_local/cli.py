@@ -26,7 +26,7 @@ def configure_logging(verbose: bool = False) -> None:
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
         force=True,
     )
-    for name in ("diffusers", "transformers", "accelerate", "huggingface_hub", "PIL", "matplotlib", "urllib3"):
+    for name in ("diffusers", "transformers", "accelerate", "huggingface_hub", "PIL", "matplotlib", "urllib3", "httpx"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Through the environment, so commands that never load a model do not pay for importing diffusers.
@@ -84,18 +84,39 @@ def _add_common(parser: argparse.ArgumentParser, *, config_required: bool = True
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs of zirelia and the libraries")
 
 
+def add_skip_checks(parser: argparse.ArgumentParser) -> None:
+    """--skip-checks: start without the pre-flight (doctor/preflight.py); the report records that it was skipped."""
+    parser.add_argument(
+        "--skip-checks",
+        action="store_true",
+        help="start without checking first what the stages need (models, sd-scripts, disk...); recorded in the report",
+    )
+
+
 def _load(args: argparse.Namespace):
     from zirelia_local.common.config import load_config
 
     return load_config(args.config, run_dir=args.run_dir)
 
 
-def _locked(args: argparse.Namespace, stage: Callable) -> int | None:
+def _locked(args: argparse.Namespace, stage: Callable, checks: tuple[str, ...]) -> int | None:
+    """Load the config; check what `checks` (stage names) need; take the run lock; run the stage."""
     from zirelia_local.common.rundir import run_lock
+    from zirelia_local.pipeline import run_checked
 
     config = _load(args)
-    with run_lock(config.run_dir):
-        return stage(config, args)
+    # A dry run launches nothing (it prints the command, warning about each missing part), and caption only
+    # rewrites text files: neither has a requirement to check first.
+    if not checks or getattr(args, "dry_run", False):
+        with run_lock(config.run_dir):
+            return stage(config, args)
+    return run_checked(
+        config,
+        checks,
+        lambda checked: stage(checked, args),
+        skip_checks=args.skip_checks,
+        command=f"zirelia {args.command}",
+    )
 
 
 def _cmd_dataset(config, args) -> int:
@@ -147,6 +168,23 @@ def _cmd_report(config, args) -> int:
     return 0
 
 
+def _cmd_generate(config, args) -> int:
+    from zirelia_local.generate import read_prompts_file, run_generate, with_overrides
+
+    config = with_overrides(
+        config,
+        count=args.count,
+        seed=args.seed,
+        lora=args.lora,
+        lora_scale=args.scale,
+        max_retries=args.max_retries,
+        keep_rejected=args.keep_rejected or None,
+    )
+    prompts = [*args.prompt, *(read_prompts_file(args.prompts) if args.prompts else [])]
+    name = args.prompts.stem if args.prompts else None
+    return run_generate(config, prompts, out=args.out, name=name).exit_code
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     """One persona (here, or under `accelerate launch` with --num-processes), or several in turn."""
     from zirelia_local.scale import run_launched, run_many
@@ -160,6 +198,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     args.config = args.config[0]
     if args.num_processes > 1:
         extra = (["--run-dir", str(args.run_dir)] if args.run_dir else []) + (["-v"] if args.verbose else [])
+        extra += ["--skip-checks"] if args.skip_checks else []
         return run_launched(_load(args), args.num_processes, extra)
 
     def whole_job(config, args) -> int:
@@ -168,7 +207,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         run_pipeline(config)
         return 0
 
-    return _locked(args, whole_job)
+    from zirelia_local.pipeline import PIPELINE_STAGES
+
+    return _locked(args, whole_job, PIPELINE_STAGES)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -185,6 +226,32 @@ def _cmd_config_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_generate(command: argparse.ArgumentParser) -> None:
+    """The flags of `zirelia generate`; each overrides its `[generate]` key (exit 2 when invalid)."""
+    command.epilog = "exit status: 0 every image accepted, 1 some could not be (one line per failure kind), 2 bad input"
+    add = command.add_argument
+    add(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a scene to draw (repeatable); the trigger word is added",
+    )
+    add(
+        "--prompts",
+        type=Path,
+        metavar="FILE",
+        help="one prompt a line (# comments), or JSON Lines with prompt, seed, count, name",
+    )
+    add("--count", type=int, metavar="N", help="images per prompt ([generate] count, 1)")
+    add("--seed", type=int, help="base seed: image n uses seed + n (default: derived from the prompt)")
+    add("--lora", type=Path, metavar="PATH", help="LoRA file (default: the run's best.safetensors)")
+    add("--scale", type=float, help="LoRA scale (default: the one the critic chose for the best epoch)")
+    add("--out", type=Path, metavar="DIR", help="output folder (default: <run_dir>/generated/<prompt>-<hash>/)")
+    add("--max-retries", type=int, metavar="N", help="retries of a rejected image ([critic] max_retries, 3)")
+    add("--keep-rejected", action="store_true", help="keep rejected attempts' images under rejected/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zirelia",
@@ -193,10 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"zirelia-local {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def stage(name: str, help_text: str, handler: Callable) -> argparse.ArgumentParser:
+    def stage(
+        name: str, help_text: str, handler: Callable, checks: tuple[str, ...] | None = None
+    ) -> argparse.ArgumentParser:
+        """A stage command; `checks`: the stages its pre-flight checks (default: its own; () for none)."""
         command = sub.add_parser(name, help=help_text, description=help_text)
         _add_common(command)
-        command.set_defaults(action=lambda args: _locked(args, handler))
+        checked = (name,) if checks is None else checks
+        if checked:
+            add_skip_checks(command)
+        command.set_defaults(action=lambda args: _locked(args, handler, checked))
         return command
 
     run_help = "run the whole pipeline (same as python -m zirelia_local.train); several configs run in turn"
@@ -210,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="processes (GPUs) to split the images across: runs the job under accelerate launch (docs/scaling.md)",
     )
+    add_skip_checks(run)
     run.set_defaults(action=_cmd_run)
     stage("dataset", "plan the dataset, generate the images, write captions", _cmd_dataset)
     curate = stage("curate", "keep the one consistent identity, top up to the target count", _cmd_curate)
@@ -219,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="curate this folder of existing images instead of the generated set (no top-up)",
     )
-    stage("caption", "rewrite train_data/, dataset.toml and sample_prompts.txt from the manifest", _cmd_caption)
+    stage("caption", "rewrite train_data/, dataset.toml and sample_prompts.txt from the manifest", _cmd_caption, ())
     train = stage("train", "train the LoRA (kohya sd-scripts or the diffusers backend)", _cmd_train)
     train.add_argument("--dry-run", action="store_true", help="print the training command and exit")
     train.add_argument(
@@ -227,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stage("critic", "score every saved epoch, retry failures, pick the best", _cmd_critic)
     stage("report", "write the HTML report of the run", _cmd_report)
+    # generate needs what the critic needs: the base model, the face embedder, the CLIP weights
+    _add_generate(
+        stage(
+            "generate",
+            "draw new images of the persona with the LoRA, each passed by the critic",
+            _cmd_generate,
+            ("critic",),
+        )
+    )
 
     doctor = sub.add_parser(
         "doctor", help="check what a run needs on this machine", description="check what a run needs"

@@ -2,23 +2,56 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
-from zirelia_local.common.config import ZireliaConfig
-from zirelia_local.common.console import console, info
+if TYPE_CHECKING:  # cli.py reads PIPELINE_STAGES while building its parser: `zirelia --help` stays light
+    from zirelia_local.common.config import ZireliaConfig
+
+# Every stage of the whole job, in the doctor's names (its pre-flight checks all of them).
+PIPELINE_STAGES = ("dataset", "curate", "train", "critic", "report")
+Result = TypeVar("Result")
+
+
+def run_checked(
+    config: ZireliaConfig,
+    stages: Sequence[str],
+    action: Callable[[ZireliaConfig], Result],
+    *,
+    skip_checks: bool = False,
+    command: str,
+) -> Result:
+    """The pre-flight for `stages` (doctor/preflight.py), then the run lock, then `action(config)`.
+
+    The checks come before the lock, so a failed pre-flight leaves no trace in the run directory (it is not
+    even created); their result is recorded under the lock, where the report finds it.
+    """
+    from zirelia_local.common.processes import is_main_process
+    from zirelia_local.common.rundir import run_lock
+    from zirelia_local.doctor.preflight import record_preflight, run_preflight
+
+    result = run_preflight(config, stages, skip=skip_checks)
+    with run_lock(config.run_dir):
+        if is_main_process():  # under a launch of several processes, one record for them all
+            record_preflight(config.run_dir, result, command)
+        return action(config)
 
 
 def run_pipeline(config: ZireliaConfig) -> Path:
     """dataset -> curate -> train -> critic -> report; returns the report's path."""
+    from zirelia_local.common.console import console, info
     from zirelia_local.common.processes import is_main_process
     from zirelia_local.critic import run_critic
-    from zirelia_local.curate import run_curate
+    from zirelia_local.curate import check_reference_images, run_curate
     from zirelia_local.dataset import run_dataset
     from zirelia_local.dataset.flux import release_pipeline_memory
     from zirelia_local.report import write_report
     from zirelia_local.scale import train_once
 
     console.rule(f"[bold]{config.persona.name}[/bold] ({config.persona.trigger_word}) -> {config.run_dir}")
+    # Paths the config names, checked now rather than after the hours the dataset takes.
+    check_reference_images(config.curate.reference_images)
     console.rule("1/5 dataset: plan, generate, caption")
     dataset = run_dataset(config)
     console.rule(f"2/5 curate: one identity ({config.curate.mode})")

@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from zirelia_local.cli import configure_logging, run_guarded
+from zirelia_local.cli import add_skip_checks, configure_logging, run_guarded
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,17 +23,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--run-dir", type=Path, default=None, help="run directory (default: [run] dir or runs/<trigger_word>)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs")
+    add_skip_checks(parser)
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
 
     def action() -> int:
         from zirelia_local.common.config import load_config
-        from zirelia_local.common.rundir import run_lock
-        from zirelia_local.pipeline import run_pipeline
+        from zirelia_local.pipeline import PIPELINE_STAGES, run_checked, run_pipeline
 
         config = load_config(args.config, run_dir=args.run_dir)
-        with run_lock(config.run_dir):
-            run_pipeline(config)
+        run_checked(
+            config, PIPELINE_STAGES, run_pipeline, skip_checks=args.skip_checks, command="python -m zirelia_local.train"
+        )
         return 0
 
     return run_guarded(action)

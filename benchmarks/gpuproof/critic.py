@@ -54,9 +54,10 @@ def _critic(config: Any) -> Any:
 
 
 def measure(params: dict[str, Any]) -> dict[str, Any]:
+    from zirelia_local.critic.attempts import clip_text
     from zirelia_local.critic.renderers import FluxLoraRenderer
     from zirelia_local.critic.retry import first_attempt
-    from zirelia_local.critic.stage import clip_text, evaluate_epoch, evaluation_items
+    from zirelia_local.critic.stage import evaluate_epoch, evaluation_items
 
     batch = params["batch"]
     config = proof_config(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuproof import cases as case_runner
+from gpuproof import child
 from gpuproof.cases import Case
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -132,7 +133,7 @@ def interleave(groups: list[list[Case]]) -> list[Case]:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.case:
-        return case_runner.child_main(args.case)
+        return child.child_main(args.case)
     if not args.tiny and (reason := no_gpu_reason()):
         print(
             f"gpu_proof: {reason}: run it on a CUDA machine, or pass --tiny to check the code paths on the CPU",

@@ -26,7 +26,7 @@ _SCALAR_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean"
 
 _INTRO = f"""# Config reference
 
-<!-- Generated from zirelia_local/common/config.py by `{REGENERATE_COMMAND}`. Do not edit by hand. -->
+<!-- Generated from zirelia_local/common/config/ by `{REGENERATE_COMMAND}`. Do not edit by hand. -->
 
 A run is described by one TOML file (see `configs/demo.toml` and `configs/sienna.toml`). Each section below
 is a TOML table; `[persona]` and `[dataset]` are required, the others may be left out. Unknown keys, wrong

@@ -32,19 +32,40 @@ def warn(message: str) -> None:
     console.print(f"[yellow]warning:[/yellow] {message}")
 
 
+# Keys of what has been warned about up front in this process (the pre-flight's warnings, by check name).
+_announced: set[str] = set()
+
+
+def announce(key: str, message: str) -> None:
+    """Warn now and remember `key`, so that a stage which would find the same thing later need not say it
+    again (`announced`): the pre-flight warns at the start of the run, once."""
+    _announced.add(key)
+    warn(message)
+
+
+def announced(key: str) -> bool:
+    """Whether `announce(key, ...)` warned about it already in this process."""
+    return key in _announced
+
+
 class Advance(Protocol):
     def __call__(self, amount: float = 1, *, status: str | None = None) -> None: ...
 
 
 class RateColumn(ProgressColumn):
-    """Items per second (or seconds per item when slower than one a second), as the unit names them."""
+    """Items per second (or seconds per item when slower than one a second), as the unit names them.
+
+    The mean since the bar started, not rich's windowed estimate: work done in batches completes items in
+    bursts, and the window would divide a whole batch by the microseconds between its last items.
+    """
 
     def __init__(self, unit: str) -> None:
         super().__init__()
         self.unit = unit
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
+        elapsed = task.elapsed
+        speed = task.completed / elapsed if elapsed and task.completed else None
         if not speed:
             return Text(f"-- {self.unit}/s", style="progress.data.speed")
         if speed >= 1:
@@ -53,10 +74,14 @@ class RateColumn(ProgressColumn):
 
 
 @contextmanager
-def progress_bar(description: str, total: float | None, unit: str = "it") -> Iterator[Advance]:
+def progress_bar(
+    description: str, total: float | None, unit: str = "it", *, show_rate: bool = True
+) -> Iterator[Advance]:
     """A bar with count, rate, elapsed and remaining time; `advance(n, status=...)` moves it.
 
-    Disabled (silent) when ZIRELIA_NO_PROGRESS is set, e.g. in logs of batch jobs.
+    `show_rate=False` leaves out rich's own rate (a recent average), for a caller that quotes its own figure
+    in the status (training: the median step time). Disabled (silent) when ZIRELIA_NO_PROGRESS is set, e.g. in
+    logs of batch jobs.
     """
     disabled = bool(os.environ.get("ZIRELIA_NO_PROGRESS"))
     columns = [
@@ -64,7 +89,7 @@ def progress_bar(description: str, total: float | None, unit: str = "it") -> Ite
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        RateColumn(unit),
+        *([RateColumn(unit)] if show_rate else []),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zirelia_local.common.files import atomic_write_bytes, png_bytes
+from zirelia_local.common.images import ImageRefused, open_image
+from zirelia_local.common.paths import printable
 
 OK_COLOUR = (46, 160, 67)
 REJECTED_COLOUR = (207, 34, 46)
@@ -50,12 +52,11 @@ def _fit_text(draw, text: str, font, width: int) -> str:
 
 
 def _thumbnail(item: SheetItem, thumb: int):
-    from PIL import Image, ImageDraw, ImageOps
+    from PIL import Image, ImageDraw
 
     try:
-        with Image.open(item.path) as opened:
-            image = ImageOps.exif_transpose(opened).convert("RGB")
-    except (OSError, ValueError):
+        image = open_image(item.path)
+    except ImageRefused:  # the label says why
         image = Image.new("RGB", (thumb, thumb), (120, 120, 120))
         ImageDraw.Draw(image).text((8, thumb // 2 - 6), "unreadable", fill=(255, 255, 255), font=_font())
         return image
@@ -83,6 +84,7 @@ def render_contact_sheet(items: Sequence[SheetItem], *, thumb: int = 160, column
     header = LINE_HEIGHT + 2 * PADDING if title else 0
     sheet = Image.new("RGB", (PADDING + columns * cell_w, header + PADDING + rows * cell_h), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
+    title = " ".join(printable(title).splitlines()) if title else title  # user text: one line, encodable
     if title:
         draw.text(
             (PADDING, PADDING), _fit_text(draw, title, font, sheet.width - 2 * PADDING), fill=TEXT_COLOUR, font=font
@@ -94,7 +96,7 @@ def render_contact_sheet(items: Sequence[SheetItem], *, thumb: int = 160, column
         draw.rectangle((x, y, x + thumb + 2 * FRAME - 1, y + thumb + 2 * FRAME - 1), fill=colour)
         sheet.paste(_thumbnail(item, thumb), (x + FRAME, y + FRAME))
         for number, line in enumerate(item.label.splitlines()):
-            text = _fit_text(draw, line, font, thumb + 2 * FRAME)
+            text = _fit_text(draw, printable(line), font, thumb + 2 * FRAME)
             position = (x, y + thumb + 2 * FRAME + 1 + number * LINE_HEIGHT)
             draw.text(position, text, fill=colour if not item.ok else TEXT_COLOUR, font=font)
     return sheet

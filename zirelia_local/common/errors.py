@@ -21,3 +21,10 @@ class ConfigError(ZireliaError):
     """The config file is missing, unreadable or invalid (exit code 2, like a usage error)."""
 
     exit_code = 2
+
+
+class UsageError(ZireliaError):
+    """A path given on the command line or as the run directory cannot be used: the command could not start
+    (exit code 2, like ConfigError; the message names the path, what is wrong with it and what to give)."""
+
+    exit_code = 2

@@ -60,8 +60,20 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, durable: bool 
     return atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
+def json_text(value: Any, **options: Any) -> str:
+    """`value` as JSON text (keys sorted), non-ASCII kept readable; a value holding a file name that is not
+    UTF-8 (a str with surrogate escapes, which UTF-8 cannot encode) is written ASCII-escaped instead, which
+    `json.loads` reads back to the very same name."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, **options)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value, sort_keys=True, ensure_ascii=True, **options)
+    return text
+
+
 def atomic_write_json(path: str | os.PathLike[str], value: Any) -> Path:
-    return atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    return atomic_write_text(path, json_text(value, indent=2) + "\n")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -120,7 +132,7 @@ def png_bytes(image: Any, metadata: dict[str, str] | None = None) -> bytes:
 
 
 def dumps_jsonl(records: Iterable[dict[str, Any]]) -> str:
-    return "".join(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n" for record in records)
+    return "".join(json_text(record) + "\n" for record in records)
 
 
 def write_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> Path:
@@ -165,7 +177,7 @@ def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
+        handle.write(json_text(record) + "\n")
         handle.flush()
 
 

@@ -9,7 +9,7 @@ chooses, until it is accepted or `[critic] max_retries` is spent. Each attempt b
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +23,11 @@ from zirelia_local.critic.retry import Attempt, first_attempt, next_attempt
 from zirelia_local.critic.verdict import FAILURE_LABELS, Verdict
 from zirelia_local.dataset import evaluation_prompt
 
-#: save(item, attempt, prompt, image, scale) -> the image's path as recorded (relative to the run directory)
-SaveImage = Callable[["EvaluationItem", Attempt, str, Any, float], str]
+#: save(item, attempt, prompt, image, scale, verdict) -> the image's path as recorded (relative to the folder the
+#: records describe), or None when the image is not kept
+SaveImage = Callable[["EvaluationItem", Attempt, str, Any, float, Verdict], "str | None"]
+#: on_record(record): called with each attempt's record as soon as it is complete (after its image was saved)
+OnRecord = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -54,17 +57,24 @@ def draw_and_judge(
     *,
     label: str,
     record_fields: dict[str, Any] | None = None,
+    start: Mapping[str, Attempt] | None = None,
+    on_record: OnRecord | None = None,
 ) -> list[dict[str, Any]]:
     """Draw and judge every item with the renderer's current LoRA, retrying rejected ones; attempt records.
 
     `save` writes each attempt's image and returns its recorded path; `record_fields` are added to every
     record (e.g. the epoch and the LoRA file); `label` names the work in the progress bar and the log.
+    `start` maps an item's key to the attempt it starts from (a resumed run's next retry; default: the first
+    attempt); `on_record` sees each record as soon as it is complete, so a caller can store it at once.
+    The progress bar moves when an item is final (accepted, or rejected with no retry left).
     """
     batch_size = config.generator.batch_size
     records: list[dict[str, Any]] = []
+    start = start or {}
     pending: list[tuple[EvaluationItem, Attempt]] = [
-        (item, first_attempt(item.scene, item.seed, config.critic)) for item in items
+        (item, start.get(item.key) or first_attempt(item.scene, item.seed, config.critic)) for item in items
     ]
+    accepted = rejected = 0
     with progress_bar(label, total=len(items), unit="img") as advance:
         while pending:
             retries: list[tuple[EvaluationItem, Attempt]] = []
@@ -80,13 +90,19 @@ def draw_and_judge(
                     verdicts = critic.judge_batch(images, [clip_text(config, item.scene) for item, _ in batch])
                     for (item, attempt), prompt, image, verdict in zip(batch, prompts, images, verdicts, strict=True):
                         retry = next_attempt(attempt, verdict, config.critic, item.seed)
-                        relative = save(item, attempt, prompt, image, scale)
-                        record = attempt_record(config, item, attempt, prompt, relative, verdict, retry)
-                        records.append((record_fields or {}) | record)
+                        relative = save(item, attempt, prompt, image, scale, verdict)
+                        record = (record_fields or {}) | attempt_record(
+                            config, item, attempt, prompt, relative, verdict, retry
+                        )
+                        records.append(record)
+                        if on_record is not None:
+                            on_record(record)
                         if retry is not None:
                             retries.append((item, retry))
-                        if attempt.number == 0:
-                            advance(1, status=verdict.summary[:40])
+                            continue
+                        accepted += verdict.accepted
+                        rejected += not verdict.accepted
+                        advance(1, status=f"{accepted} accepted, {rejected} rejected")
             _log_round(label, pending, records, retries, config.critic.max_retries)
             pending = retries
     return in_item_order(records, items)
@@ -99,25 +115,29 @@ def in_item_order(records: list[dict[str, Any]], items: list[EvaluationItem]) ->
     return sorted(records, key=lambda record: (record["attempt"], position.get(record["item"], len(position))))
 
 
+def attempt_outcome(verdict: Verdict, number: int, retry: Attempt | None, max_retries: int) -> str:
+    """What became of attempt `number`: accepted, retried (as `retry`), or rejected for good, and why."""
+    if verdict.accepted:
+        return "accepted"
+    if retry is not None:
+        return f"retry {retry.number} of {max_retries}"
+    if number >= max_retries:
+        return f"rejected after {number} retries" if number else "rejected (no retries allowed)"
+    return "rejected: no retry can help (" + ", ".join(verdict.failures) + ")"
+
+
 def attempt_record(
     config: ZireliaConfig,
     item: EvaluationItem,
     attempt: Attempt,
     prompt: str,
-    image: str,
+    image: str | None,
     verdict: Verdict,
     retry: Attempt | None,
 ) -> dict[str, Any]:
     """One attempt as a JSON record: what was drawn, how it was judged, and what happens next."""
     verdict_record = verdict.to_record()
-    if verdict.accepted:
-        outcome = "accepted"
-    elif retry is not None:
-        outcome = f"retry {retry.number} of {config.critic.max_retries}"
-    elif attempt.number >= config.critic.max_retries:
-        outcome = f"rejected after {attempt.number} retries" if attempt.number else "rejected (no retries allowed)"
-    else:
-        outcome = "rejected: no retry can help (" + ", ".join(verdict.failures) + ")"
+    outcome = attempt_outcome(verdict, attempt.number, retry, config.critic.max_retries)
     return {
         "item": item.key,
         "prompt_index": item.prompt_index,
@@ -148,10 +168,14 @@ def _log_round(
     retries: list[tuple[EvaluationItem, Attempt]],
     max_retries: int,
 ) -> None:
-    number = pending[0][1].number if pending else 0
+    numbers = {attempt.number for _, attempt in pending}
     judged = records[-len(pending) :] if pending else []
     rejected = [record for record in judged if not record["accepted"]]
-    round_name = "first attempts" if number == 0 else f"retry {number}/{max_retries}"
+    if len(numbers) > 1:  # a resumed run: items start from different attempts
+        round_name = "resumed attempts"
+    else:
+        number = numbers.pop() if numbers else 0
+        round_name = "first attempts" if number == 0 else f"retry {number}/{max_retries}"
     if not rejected:
         info(f"{label}, {round_name}: all {len(judged)} accepted")
         return

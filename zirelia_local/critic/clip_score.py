@@ -25,12 +25,15 @@ from typing import Any
 
 from zirelia_local.common.config import CriticConfig
 from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.paths import display_path, path_problem
 from zirelia_local.common.security import PICKLE_SUFFIXES, require_safetensors
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "open_clip_config.json"
 PREFERRED_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "model.safetensors")
+# The doctor's row about these weights; a warning under this name in the pre-flight is not repeated by the critic.
+CLIP_CHECK_NAME = "critic CLIP weights"
 WEIGHTS_HINT = (
     "set [critic] clip_pretrained to a local open_clip .safetensors file (e.g. open_clip_model.safetensors from "
     "`hf download laion/CLIP-ViT-B-32-laion2B-s34B-b79K`) or to an open_clip pretrained tag such as "
@@ -113,13 +116,41 @@ def _weights_file(value: str | Path, what: str, allow_pickle: bool) -> Path:
     path = require_safetensors(Path(value).expanduser(), what, allow_pickle=allow_pickle)
     if path.suffix != ".safetensors" and path.suffix not in PICKLE_SUFFIXES:
         raise ZireliaError(f"{what} {path} is not a .safetensors file", hint=WEIGHTS_HINT)
-    if not path.is_file():
-        raise ZireliaError(f"{what} {path} does not exist", hint=WEIGHTS_HINT)
+    problem = path_problem(path, "file")
+    if problem is not None:
+        raise ZireliaError(f"{what} {display_path(path)} {problem}", hint=WEIGHTS_HINT)
     return path
 
 
 def _looks_like_path(value: str) -> bool:
     return value.endswith((".safetensors", ".bin", ".pt", ".pth")) or "/" in value or value.startswith(("~", "."))
+
+
+def clip_weights_source(critic: CriticConfig, *, allow_pickle: bool = False) -> Path | str | None:
+    """Where the configured CLIP weights come from, read from disk only (no open_clip import, no download).
+
+    A local weights file (checked: it exists and is safetensors unless `allow_pickle`), an open_clip pretrained
+    tag (a str, which open_clip fetches or finds in the Hugging Face cache), or None when no weights are
+    configured. Raises the ZireliaError that loading would raise for a folder or file that is not usable, so
+    the doctor's pre-flight can say it before any image is drawn.
+    """
+    folder = Path(critic.clip_model).expanduser()
+    pretrained = critic.clip_pretrained
+    if folder.is_dir():
+        if not (folder / CONFIG_NAME).is_file():
+            raise ZireliaError(
+                f"[critic] clip_model {folder} is a folder without {CONFIG_NAME}",
+                hint="point clip_model at an open_clip model folder (with open_clip_config.json) or use an "
+                "architecture name such as 'ViT-B-32'",
+            )
+        if pretrained is not None:
+            return _weights_file(pretrained, "[critic] clip_pretrained", allow_pickle)
+        return _folder_weights(folder, allow_pickle)
+    if pretrained is None:
+        return None
+    if _looks_like_path(pretrained):
+        return _weights_file(pretrained, "[critic] clip_pretrained", allow_pickle)
+    return pretrained
 
 
 def load_clip_scorer(critic: CriticConfig, *, device: Any = "cpu", allow_pickle: bool = False) -> ClipAvailability:
@@ -134,20 +165,11 @@ def load_clip_scorer(critic: CriticConfig, *, device: Any = "cpu", allow_pickle:
     model_spec = critic.clip_model
     pretrained = critic.clip_pretrained
     folder = Path(model_spec).expanduser()
-    weights: Path | None = None
+    source = clip_weights_source(critic, allow_pickle=allow_pickle)
+    weights = source if isinstance(source, Path) else None
     if folder.is_dir():
-        if not (folder / CONFIG_NAME).is_file():
-            raise ZireliaError(
-                f"[critic] clip_model {folder} is a folder without {CONFIG_NAME}",
-                hint="point clip_model at an open_clip model folder (with open_clip_config.json) or use an "
-                "architecture name such as 'ViT-B-32'",
-            )
-        if pretrained is not None:
-            weights = _weights_file(pretrained, "[critic] clip_pretrained", allow_pickle)
-        else:
-            weights = _folder_weights(folder, allow_pickle)
-            if weights is None:
-                return ClipAvailability(None, f"no .safetensors CLIP weights in {folder}; {WEIGHTS_HINT}")
+        if weights is None:
+            return ClipAvailability(None, f"no .safetensors CLIP weights in {folder}; {WEIGHTS_HINT}")
         model_cfg = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")).get("model_cfg")
         if not isinstance(model_cfg, dict):
             raise ZireliaError(f"{folder / CONFIG_NAME} has no model_cfg", hint="use open_clip's config layout")
@@ -161,13 +183,12 @@ def load_clip_scorer(critic: CriticConfig, *, device: Any = "cpu", allow_pickle:
                 hint="use e.g. 'ViT-B-32' or 'ViT-L-14' (open_clip.list_models() lists them), or a folder "
                 f"with {CONFIG_NAME}",
             )
-        if pretrained is None:
+        if source is None:
             return ClipAvailability(
                 None, f"no CLIP weights configured ([critic] clip_pretrained is not set); {WEIGHTS_HINT}"
             )
         name = model_spec
-        if _looks_like_path(pretrained):
-            weights = _weights_file(pretrained, "[critic] clip_pretrained", allow_pickle)
+        if weights is not None:
             with _quiet_root_logger():
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     model_spec, pretrained=None, load_weights=False, device="cpu"

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from rich.markup import escape
 
 from zirelia_local.common.config import CriticConfig, ZireliaConfig
-from zirelia_local.common.console import warn
-from zirelia_local.common.images import laplacian_variance, load_rgb, mean_brightness, sharpness_region
+from zirelia_local.common.console import announce, announced, warn
+from zirelia_local.common.images import ImageRefused, laplacian_variance, load_rgb, mean_brightness, sharpness_region
 from zirelia_local.critic.checks import (
     check_exposure,
     check_face_found,
@@ -24,7 +25,7 @@ from zirelia_local.critic.checks import (
     check_single_face,
     main_faces,
 )
-from zirelia_local.critic.clip_score import ClipAvailability, load_clip_scorer
+from zirelia_local.critic.clip_score import CLIP_CHECK_NAME, ClipAvailability, load_clip_scorer
 from zirelia_local.critic.verdict import (
     FAIL,
     IDENTITY_WEAK,
@@ -35,6 +36,7 @@ from zirelia_local.critic.verdict import (
     UNAVAILABLE,
     Check,
     Verdict,
+    unreadable_verdict,
 )
 from zirelia_local.faces.base import DetectedFace, FaceEmbedder
 from zirelia_local.faces.identity import IDENTITY_NAME, ReferenceIdentity
@@ -51,20 +53,27 @@ class Critic:
         clip: ClipAvailability,
         *,
         reference_missing_reason: str | None = None,
+        identity_required: bool = True,
     ) -> None:
         self.config = critic
         self.embedder = embedder
         self.reference = reference
         self.clip = clip
         self.reference_missing_reason = reference_missing_reason or "no reference identity given"
+        #: False: without a reference identity an image can still be accepted, its identity recorded as not
+        #: judged (`zirelia generate` on a record-mode run); True: nothing unconfirmed is accepted (epoch scoring)
+        self.identity_required = identity_required
         self.threshold = critic.identity_threshold if critic.identity_threshold is not None else embedder.threshold
 
     @classmethod
-    def from_config(cls, config: ZireliaConfig, *, clip: ClipAvailability | None = None) -> Critic:
+    def from_config(
+        cls, config: ZireliaConfig, *, clip: ClipAvailability | None = None, identity_required: bool = True
+    ) -> Critic:
         """The critic a run's config describes: its embedder, `identity.safetensors`, its CLIP model.
 
         A missing identity file is an error, except in curation's `record` mode (the embedded demo), where
-        curation may have found no face at all: then every verdict says so instead of crashing.
+        curation may have found no face at all: then every verdict says so instead of crashing, and rejects
+        the image unless `identity_required` is False.
         """
         from zirelia_local.faces import load_embedder
         from zirelia_local.faces.identity import load_identity
@@ -78,27 +87,49 @@ class Critic:
                 f"no reference identity: {IDENTITY_NAME} is missing from {config.run_dir} (curation in record mode "
                 "found no face to build it from), so no image can be confirmed as the persona"
             )
-            warn(escape(missing))
+            if not announced(missing):  # the live judge during training and the critic build one each: say it once
+                announce(missing, escape(missing))
         if clip is None:
             clip = load_clip_scorer(config.critic, allow_pickle=config.run.allow_pickle)
-            if clip.scorer is None:
+            if clip.scorer is None and not announced(CLIP_CHECK_NAME):  # the pre-flight said it at the start
                 warn(escape(f"prompt adherence will not be scored: {clip.reason}"))
-        return cls(config.critic, embedder, reference, clip, reference_missing_reason=missing)
+        return cls(
+            config.critic,
+            embedder,
+            reference,
+            clip,
+            reference_missing_reason=missing,
+            identity_required=identity_required,
+        )
 
     def judge(self, image: Any, clip_text: str) -> Verdict:
         return self.judge_batch([image], [clip_text])[0]
 
     def judge_batch(self, images: Sequence[Any], clip_texts: Sequence[str]) -> list[Verdict]:
-        """One verdict per image; `clip_texts` are what each image should show (for prompt adherence)."""
-        rgbs = [load_rgb(image) for image in images]
-        faces_per_image = self.embedder.detect_batch(rgbs)
+        """One verdict per image; `clip_texts` are what each image should show (for prompt adherence).
+
+        An image file the image opener refuses (unreadable, truncated, too large) gets a rejecting verdict that
+        says why; the others are judged together.
+        """
+        loaded: list[np.ndarray | ImageRefused] = []
+        for image in images:
+            try:
+                loaded.append(load_rgb(image))
+            except ImageRefused as refused:
+                loaded.append(refused)
+        readable = [index for index, item in enumerate(loaded) if not isinstance(item, ImageRefused)]
+        rgbs = [loaded[index] for index in readable]
+        faces_per_image = self.embedder.detect_batch(rgbs) if rgbs else []
         clip_scores: list[float | None] = [None] * len(rgbs)
         if self.clip.scorer is not None and rgbs:
-            clip_scores = list(self.clip.scorer.score(rgbs, clip_texts))
-        return [
-            self._verdict(rgb, faces, clip_score)
-            for rgb, faces, clip_score in zip(rgbs, faces_per_image, clip_scores, strict=True)
-        ]
+            clip_scores = list(self.clip.scorer.score(rgbs, [clip_texts[index] for index in readable]))
+        judged = iter(
+            [
+                self._verdict(rgb, faces, clip_score)
+                for rgb, faces, clip_score in zip(rgbs, faces_per_image, clip_scores, strict=True)
+            ]
+        )
+        return [unreadable_verdict(item) if isinstance(item, ImageRefused) else next(judged) for item in loaded]
 
     def _verdict(self, rgb: Any, faces: list[DetectedFace], clip_score: float | None) -> Verdict:
         critic = self.config
@@ -132,6 +163,8 @@ class Critic:
         if face is None:
             return Check("identity", SKIPPED, "no face to compare with the persona", threshold=threshold)
         if self.reference is None:
+            if not self.identity_required:
+                return Check("identity", UNAVAILABLE, f"identity not judged: {self.reference_missing_reason}")
             return Check(
                 "identity", UNAVAILABLE, self.reference_missing_reason, threshold=threshold, failure=NO_REFERENCE
             )

@@ -86,8 +86,10 @@ class _LoraAdapterRenderer:
     #: which config key names the base model, for error hints
     base_model_key = "[generator] model"
 
-    def __init__(self, config: ZireliaConfig, pipe: Any = None) -> None:
+    def __init__(self, config: ZireliaConfig, pipe: Any = None, *, purpose: str = "for the evaluation images") -> None:
         self.config = config
+        #: what the pipeline is loaded for, in the loading message
+        self.purpose = purpose
         self.generation = evaluation_generation_config(config)
         self.size = evaluation_size(config)
         self._pipe = pipe
@@ -141,7 +143,7 @@ class FluxLoraRenderer(_LoraAdapterRenderer):
     def _load_pipeline(self) -> Any:
         from zirelia_local.dataset.flux import load_generator_pipeline
 
-        return load_generator_pipeline(self.config, "for the evaluation images")
+        return load_generator_pipeline(self.config, self.purpose)
 
 
 class StableDiffusionLoraRenderer(_LoraAdapterRenderer):
@@ -150,7 +152,7 @@ class StableDiffusionLoraRenderer(_LoraAdapterRenderer):
     base_model_key = "[train] pretrained_model"
 
     def _load_pipeline(self) -> Any:
-        return load_stable_diffusion_pipeline(self.config)
+        return load_stable_diffusion_pipeline(self.config, self.purpose)
 
     def _draw(self, prompts: list[str], seeds: list[int]) -> list[Any]:
         import torch
@@ -168,13 +170,13 @@ class StableDiffusionLoraRenderer(_LoraAdapterRenderer):
         return list(output.images)
 
 
-def load_stable_diffusion_pipeline(config: ZireliaConfig) -> Any:
+def load_stable_diffusion_pipeline(config: ZireliaConfig, purpose: str = "for the evaluation images") -> Any:
     """The SD1.5 / SDXL pipeline of `[train] pretrained_model`: a diffusers folder or a single file."""
     from zirelia_local.common.console import info, quiet_library_progress
     from zirelia_local.dataset.flux import resolve_device, resolve_dtype
 
     model_type = config.train.model_type
-    if not config.train.pretrained_model:
+    if config.train.pretrained_model in (None, "", "auto"):  # "auto" finds FLUX files only
         raise ZireliaError(
             f"[train] pretrained_model is not set: the critic draws {model_type} images with the base model "
             "that training used",
@@ -201,7 +203,7 @@ def load_stable_diffusion_pipeline(config: ZireliaConfig) -> Any:
     device = resolve_device(config.generator.device)
     dtype = resolve_dtype(config.generator.dtype, device)
     allow_pickle = config.run.allow_pickle
-    info(f"loading {path} ({model_type}) for the evaluation images ...")
+    info(f"loading {path} ({model_type}) {purpose} ...")
     try:
         if path.is_dir():
             pipe = pipeline_class.from_pretrained(
@@ -246,8 +248,8 @@ def _check_pipeline_family(folder: Path, expected: str, model_type: str) -> None
         )
 
 
-def renderer_for(config: ZireliaConfig) -> EvaluationRenderer:
-    """The renderer for the trained model family."""
+def renderer_for(config: ZireliaConfig, *, purpose: str = "for the evaluation images") -> EvaluationRenderer:
+    """The renderer for the trained model family; `purpose` says what for when the base model loads."""
     if config.train.model_type == "flux":
-        return FluxLoraRenderer(config)
-    return StableDiffusionLoraRenderer(config)
+        return FluxLoraRenderer(config, purpose=purpose)
+    return StableDiffusionLoraRenderer(config, purpose=purpose)

@@ -6,6 +6,7 @@
 | no face / too small / cut off   | framing words (close-up, face visible, centred)                   |
 | more than one main face         | "alone, a single person"                                          |
 | blur, exposure, prompt adherence| new seed only                                                     |
+| unreadable image file           | new seed only                                                     |
 | no reference identity           | no retry: nothing drawn can be confirmed as the persona           |
 
 Every attempt gets a new seed derived from the original one, so retries are reproducible. Adjustments
@@ -29,6 +30,7 @@ from zirelia_local.critic.verdict import (
     OVEREXPOSED,
     PROMPT_ADHERENCE,
     UNDEREXPOSED,
+    UNREADABLE,
     Verdict,
 )
 
@@ -38,7 +40,7 @@ FRAMING_WORDS = {
     FACE_CUT_OFF: "whole head centered in the frame",
     MULTIPLE_FACES: "alone, a single person",
 }
-NEW_SEED_ONLY = (BLURRY, UNDEREXPOSED, OVEREXPOSED, PROMPT_ADHERENCE)
+NEW_SEED_ONLY = (BLURRY, UNDEREXPOSED, OVEREXPOSED, PROMPT_ADHERENCE, UNREADABLE)
 NOT_RETRYABLE = (NO_REFERENCE,)
 _SEED_STRIDE = 1_000_003  # a prime, so derived seeds of neighbouring evaluation seeds do not collide
 

@@ -11,6 +11,10 @@ This module is the one home of the per-epoch decisions, all on the same `EpochSc
 best epoch (`select_epoch`), the early stop on the live identity curve that training draws from its sample
 images (`early_stop_decision`), and the critic's epoch search (`search_epochs`). Training cannot import the
 critic; the critic's live judge (`critic/live.py`) applies these to the samples and hands training its answer.
+
+The LoRA scale to draw the chosen epoch with (`chosen_lora_scale`, recorded in selection.json for `zirelia
+generate`) is the one its images were accepted at most often: a retry raises the scale when the identity was too
+weak, so when most accepted images needed the raise, drawing at it from the start saves those retries.
 """
 
 from __future__ import annotations
@@ -313,3 +317,23 @@ def search_epochs(
             break
         visit(new)
     return [table[epoch] for epoch in order]
+
+
+def chosen_lora_scale(attempts: Sequence[dict[str, Any]], default: float) -> tuple[float, str]:
+    """The scale to draw an epoch's LoRA with, and why: the scale most of its accepted attempts were drawn at
+    (ties: the lower one), or `default` (the first attempts' `[critic] lora_scale`) when none was accepted."""
+    counts: dict[float, int] = {}
+    for record in attempts:
+        if record["accepted"]:
+            scale = float(record["lora_scale"])
+            counts[scale] = counts.get(scale, 0) + 1
+    if not counts:
+        return default, f"no image of this epoch was accepted, so the evaluation scale {default:g} is kept"
+    scale = max(counts, key=lambda value: (counts[value], -value))
+    total = sum(counts.values())
+    if scale == default:
+        return scale, f"{counts[scale]} of {total} accepted images were drawn at the evaluation scale {default:g}"
+    return scale, (
+        f"{counts[scale]} of {total} accepted images were drawn at {scale:g} (raised from {default:g} by retries "
+        "after a weak identity)"
+    )

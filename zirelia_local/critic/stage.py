@@ -54,7 +54,15 @@ from zirelia_local.critic.renderers import (
 )
 from zirelia_local.critic.retry import Attempt
 from zirelia_local.critic.search import cost, search_start
-from zirelia_local.critic.selection import EpochScore, Selection, search_epochs, select_epoch, summarize_epoch
+from zirelia_local.critic.selection import (
+    EpochScore,
+    Selection,
+    chosen_lora_scale,
+    search_epochs,
+    select_epoch,
+    summarize_epoch,
+)
+from zirelia_local.critic.verdict import Verdict
 
 CRITIC_DIR = "critic"
 SCORES_NAME = "scores.jsonl"
@@ -182,7 +190,7 @@ def evaluate_epoch(
     wait_for_everyone()
     lora_name = os.path.relpath(lora, run_dir)
 
-    def save(item: EvaluationItem, attempt: Attempt, prompt: str, image: Any, scale: float) -> str:
+    def save(item: EvaluationItem, attempt: Attempt, prompt: str, image: Any, scale: float, verdict: Verdict) -> str:
         relative = f"{CRITIC_DIR}/{folder.name}/{item.key}_a{attempt.number}.png"
         metadata = {"prompt": prompt, "seed": str(attempt.seed), "lora": lora_name, "scale": f"{scale:g}"}
         atomic_write_bytes(run_dir / relative, png_bytes(image, metadata))
@@ -268,15 +276,20 @@ def run_critic(config: ZireliaConfig, *, renderer: EvaluationRenderer | None = N
         return CriticResult(selection, table, None, critic_dir / SCORES_NAME, critic_dir / SELECTION_NAME)
     scores_file = write_jsonl(critic_dir / SCORES_NAME, all_records)
     best_file = None
+    scale, scale_reason = config.critic.lora_scale, "no epoch was chosen"
     if selection.epoch is not None:
         best_file = run_dir / BEST_NAME
         link_or_copy(files[selection.epoch], best_file)
+        chosen = [record for record in all_records if record["epoch"] == selection.epoch]
+        scale, scale_reason = chosen_lora_scale(chosen, config.critic.lora_scale)
     selection_file = atomic_write_json(
         critic_dir / SELECTION_NAME,
         {
             **selection.to_record(),
             "lora": os.path.relpath(files[selection.epoch], run_dir) if selection.epoch is not None else None,
             "best": BEST_NAME if best_file is not None else None,
+            "lora_scale": scale,
+            "lora_scale_reason": scale_reason,
             "table": [row.to_record() for row in table],
             "search": searched,
             "identity": _identity_record(critic),

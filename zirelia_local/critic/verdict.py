@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from zirelia_local.common.paths import display_path
+
 PASS = "pass"
 FAIL = "fail"
 #: the check could not be made (no CLIP weights, no reference identity): recorded as such, never guessed
@@ -28,6 +30,7 @@ UNDEREXPOSED = "underexposed"
 OVEREXPOSED = "overexposed"
 FACE_TOO_SMALL = "face_too_small"
 FACE_CUT_OFF = "face_cut_off"
+UNREADABLE = "unreadable"
 
 FAILURE_LABELS = {
     NO_FACE: "no face found",
@@ -40,6 +43,7 @@ FAILURE_LABELS = {
     OVEREXPOSED: "overexposed",
     FACE_TOO_SMALL: "face too small",
     FACE_CUT_OFF: "face cut off by the frame",
+    UNREADABLE: "unreadable image",
 }
 
 
@@ -66,9 +70,18 @@ class Verdict:
 
     @property
     def accepted(self) -> bool:
-        """Accepted when nothing blocks it and the identity check positively passed."""
+        """Accepted when nothing blocks it and the identity check positively passed, or, where there is no
+        reference identity and the caller chose to go on without one, could not be made (`identity_judged`
+        then says so)."""
         identity = self.check("identity")
-        return not self.failures and identity is not None and identity.status == PASS
+        if self.failures or identity is None:
+            return False
+        return identity.status == PASS or (identity.status == UNAVAILABLE and identity.failure is None)
+
+    @property
+    def identity_judged(self) -> bool:
+        identity = self.check("identity")
+        return identity is not None and identity.status in (PASS, FAIL)
 
     @property
     def failures(self) -> list[str]:
@@ -84,7 +97,7 @@ class Verdict:
     @property
     def summary(self) -> str:
         if self.accepted:
-            return "accepted"
+            return "accepted" if self.identity_judged else "accepted (identity not judged)"
         return "rejected: " + ", ".join(FAILURE_LABELS.get(kind, kind) for kind in self.failures)
 
     def check(self, name: str) -> Check | None:
@@ -99,3 +112,9 @@ class Verdict:
             "scores": self.scores,
             "checks": [asdict(check) for check in self.checks],
         }
+
+
+def unreadable_verdict(refused: Any) -> Verdict:
+    """The verdict on an image file the image opener refused (`refused`: its ImageRefused): rejected, and why."""
+    reason = f"unreadable image {display_path(refused.path.name)}: {refused.reason}"
+    return Verdict(checks=[Check("image", FAIL, reason, failure=UNREADABLE)], scores={"unreadable": refused.reason})

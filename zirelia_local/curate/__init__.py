@@ -2,5 +2,6 @@
 
 from zirelia_local.curate.gate import check_curation_for_training
 from zirelia_local.curate.stage import CurateResult, run_curate
+from zirelia_local.curate.verdicts import check_reference_images
 
-__all__ = ["CurateResult", "check_curation_for_training", "run_curate"]
+__all__ = ["CurateResult", "check_curation_for_training", "check_reference_images", "run_curate"]

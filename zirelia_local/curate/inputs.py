@@ -6,16 +6,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from zirelia_local.common.config import ZireliaConfig
-from zirelia_local.common.console import info
-from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.console import info, warn
+from zirelia_local.common.errors import UsageError, ZireliaError
 from zirelia_local.common.files import atomic_write_bytes, link_or_copy, png_bytes, sha256_file, write_jsonl
-from zirelia_local.common.images import IMAGE_SUFFIXES
+from zirelia_local.common.images import IMAGE_SUFFIXES, ImageRefused, open_image, read_header
 from zirelia_local.common.manifest import MANIFEST_NAME, Manifest
+from zirelia_local.common.paths import describe_os_error, display_path, path_problem
+from zirelia_local.curate.outputs import CURATION_LOG
 from zirelia_local.curate.verdicts import Decision
 
 INPUT_DIR = "input"
 INPUT_ORIGIN = "images_dir"
+MAX_LISTED = 10  # unreadable images named on the console; curation.jsonl has every one
 
 
 def generated_records(manifest: Manifest) -> list[dict[str, Any]]:
@@ -28,19 +33,11 @@ def import_images(config: ZireliaConfig, run_dir: Path, folder: Path) -> tuple[M
 
     Each image becomes `input/input_NNNNN<suffix>`: a hard link (no copy) when it is an upright RGB/grey JPEG
     or PNG, otherwise a normalised PNG (EXIF rotation applied, RGB). Its caption is the trigger word and the
-    class phrase, since there are no plan axes. Files that cannot be decoded are skipped, with a decision.
+    class phrase, since there are no plan axes. A file the image opener refuses (not an image, truncated, too
+    large) is skipped, with a decision that gives the reason.
     """
-    from PIL import Image, ImageOps
-
     folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise ZireliaError(f"--images {folder}: no such folder")
-    files = sorted(path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ZireliaError(
-            f"--images {folder}: no images in it (looked for {', '.join(sorted(IMAGE_SUFFIXES))})",
-            hint="sub-folders are not searched; put the photos directly in the folder",
-        )
+    files = _image_files(folder)
     manifest = Manifest(run_dir)
     planned = [record for record in manifest if record.get("origin") != INPUT_ORIGIN]
     if planned:
@@ -59,13 +56,15 @@ def import_images(config: ZireliaConfig, run_dir: Path, folder: Path) -> tuple[M
     records, skipped = [], []
     for path in files:
         try:
-            with Image.open(path) as opened:
-                upright = opened.getexif().get(0x0112, 1) == 1  # EXIF orientation
-                linkable = opened.format in ("JPEG", "PNG") and opened.mode in ("RGB", "L") and upright
-                size = opened.size
-                image = None if linkable else ImageOps.exif_transpose(opened).convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError):
-            skipped.append(Decision(id=None, file=str(path), round=0, reason="unreadable", source=str(path)))
+            header = read_header(path)
+            linkable = header.format in ("JPEG", "PNG") and header.mode in ("RGB", "L") and header.upright
+            size = header.size
+            image = None if linkable else open_image(path)
+        except ImageRefused as refused:
+            where = str(path.absolute())
+            skipped.append(
+                Decision(id=None, file=where, round=0, reason="unreadable", source=where, detail=refused.reason)
+            )
             continue
         image_id = f"input_{len(records):05d}"
         if image is None:
@@ -95,7 +94,36 @@ def import_images(config: ZireliaConfig, run_dir: Path, folder: Path) -> tuple[M
         )
     write_jsonl(run_dir / MANIFEST_NAME, records)
     info(
-        f"imported {len(records)} image(s) from {folder} into {input_dir}"
-        + (f", {len(skipped)} unreadable" if skipped else "")
+        escape(
+            f"imported {len(records)} image(s) from {display_path(folder)} into {input_dir}"
+            + (f", {len(skipped)} unreadable" if skipped else "")
+        )
     )
+    for decision in skipped[:MAX_LISTED]:
+        warn(escape(f"{display_path(decision.file)}: {decision.detail}"))
+    if len(skipped) > MAX_LISTED:
+        warn(f"... and {len(skipped) - MAX_LISTED} more unreadable image(s): see {CURATION_LOG}")
     return Manifest(run_dir), skipped
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The image files directly in `folder` (by suffix), sorted; a UsageError when it is not a folder."""
+    problem = path_problem(folder, "folder")
+    if problem is not None:
+        raise UsageError(
+            f"--images {display_path(folder)} {problem}",
+            hint="give the folder that holds the photos (to curate one photo, put it in a folder of its own)",
+        )
+    try:
+        files = sorted(path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as error:
+        raise UsageError(
+            f"--images {display_path(folder)}: cannot list the folder ({describe_os_error(error)})",
+            hint="check its permissions, or copy the photos to a folder you can read",
+        ) from None
+    if not files:
+        raise ZireliaError(
+            f"--images {display_path(folder)}: no images in it (looked for {', '.join(sorted(IMAGE_SUFFIXES))})",
+            hint="sub-folders are not searched; put the photos directly in the folder",
+        )
+    return files

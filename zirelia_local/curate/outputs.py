@@ -4,32 +4,62 @@ the error that explains a shortfall."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.contact_sheet import SheetItem, contact_sheet
 from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import atomic_write_json, write_jsonl
 from zirelia_local.common.manifest import Manifest
-from zirelia_local.curate.verdicts import REASON_OK, REASON_TEXT, Decision
-from zirelia_local.dataset import write_training_set
+from zirelia_local.common.paths import display_path
+from zirelia_local.curate.cohesion import Cohesion
+from zirelia_local.curate.verdicts import REASON_OK, REASON_TEXT, Decision, IdentityChoice
+from zirelia_local.dataset import TrainingSet, write_training_set
 from zirelia_local.faces.identity import IDENTITY_NAME, ReferenceIdentity, save_identity
-
-if TYPE_CHECKING:  # stage.py imports this module at run time
-    from zirelia_local.curate.stage import CurateResult
 
 CURATION_LOG = "curation.jsonl"
 CURATION_SUMMARY = "curation.json"
 CONTACT_SHEET = "contact_sheet.png"
 
 
+@dataclass
+class CurateResult:
+    """What one curation run decided, and where it wrote it."""
+
+    run_dir: Path
+    mode: str
+    embedder: str
+    threshold: float
+    decisions: list[Decision]
+    identity: IdentityChoice | None
+    target: int
+    minimum: int
+    rounds: int
+    counts: dict[str, int] = field(default_factory=dict)
+    cohesion: Cohesion | None = None
+    contact_sheet: Path | None = None
+    training_set: TrainingSet | None = None
+
+    @property
+    def kept(self) -> list[Decision]:
+        """Images that go on to training."""
+        return [d for d in self.decisions if d.kept]
+
+    @property
+    def passing(self) -> list[Decision]:
+        """Images enforce mode keeps (in record mode: the ones it would keep)."""
+        return [d for d in self.decisions if d.reason == REASON_OK]
+
+
 def _label(decision: Decision) -> str:
-    """A thumbnail's caption: the image, its distance, and the verdict with its reason."""
-    name = decision.id or Path(decision.file).name
+    """A thumbnail's caption: the image, its distance, the verdict with its reason, and why an unreadable
+    image was refused. A file name is shown escaped (a newline in it must not add a line)."""
+    name = decision.id or display_path(Path(decision.file).name)
     distance = "" if decision.distance is None else f" d={decision.distance:.2f}"
     verdict = "kept" if decision.kept else "rejected"
-    return f"{name}{distance}\n{verdict}: {REASON_TEXT[decision.reason]}"
+    label = f"{name}{distance}\n{verdict}: {REASON_TEXT[decision.reason]}"
+    return label + (f"\n{decision.detail}" if decision.detail else "")
 
 
 def _write_contact_sheet(config: ZireliaConfig, run_dir: Path, result: CurateResult) -> Path:

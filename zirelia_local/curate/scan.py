@@ -11,7 +11,7 @@ import numpy as np
 
 from zirelia_local.common.console import progress_bar, warn
 from zirelia_local.common.files import atomic_write_bytes
-from zirelia_local.common.images import load_rgb
+from zirelia_local.common.images import ImageRefused, load_rgb
 from zirelia_local.faces import DetectedFace, FaceEmbedder
 
 FACE_CACHE = "faces.safetensors"
@@ -77,14 +77,16 @@ class FaceCache:
 
 
 def scan_faces(
-    embedder: FaceEmbedder, images: Sequence[tuple[str, Path]], cache: FaceCache
+    embedder: FaceEmbedder,
+    images: Sequence[tuple[str, Path]],
+    cache: FaceCache,
+    refused: dict[str, str] | None = None,
 ) -> dict[str, list[DetectedFace] | None]:
     """Faces per sha256 for (sha256, path) pairs: cached ones as they are, the rest detected in batches.
 
-    An image that cannot be decoded maps to None (and is not cached, so a repaired file is read again).
+    An image the image opener refuses maps to None (and is not cached, so a repaired file is read again);
+    its reason goes into `refused` (by sha256) when given.
     """
-    from PIL import Image
-
     found: dict[str, list[DetectedFace] | None] = {}
     pending: dict[str, Path] = {}
     for sha, path in images:
@@ -104,8 +106,10 @@ def scan_faces(
                 try:
                     arrays.append(load_rgb(path))
                     owners.append(sha)
-                except (OSError, ValueError, Image.DecompressionBombError):
+                except ImageRefused as refusal:
                     found[sha] = None
+                    if refused is not None:
+                        refused[sha] = refusal.reason
             for sha, faces in zip(owners, embedder.detect_batch(arrays) if arrays else [], strict=True):
                 found[sha] = faces
                 cache.put(sha, faces)

@@ -27,7 +27,6 @@ The steps live beside this module: `scan` (faces and their cache), `verdicts` (c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +38,9 @@ from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.manifest import Manifest
 from zirelia_local.common.processes import is_distributed, is_main_process
 from zirelia_local.common.rundir import prepare_run_dir
-from zirelia_local.curate.cohesion import Cohesion, identity_cohesion
+from zirelia_local.curate.cohesion import identity_cohesion
 from zirelia_local.curate.inputs import INPUT_ORIGIN, generated_records, import_images
-from zirelia_local.curate.outputs import shortfall_error, write_outputs
+from zirelia_local.curate.outputs import CurateResult, shortfall_error, write_outputs
 from zirelia_local.curate.scan import FaceCache, scan_faces
 from zirelia_local.curate.topup import (
     TopUpGenerator,
@@ -56,42 +55,13 @@ from zirelia_local.curate.verdicts import (
     Decision,
     IdentityChoice,
     anchor_identity,
+    check_reference_images,
     count_reasons,
     decide,
     reference_identity,
 )
 from zirelia_local.dataset import ANCHOR_IMAGE, read_anchor
-from zirelia_local.dataset.captions import TrainingSet
 from zirelia_local.faces import FaceEmbedder, load_embedder
-
-
-@dataclass
-class CurateResult:
-    """What one curation run decided, and where it wrote it."""
-
-    run_dir: Path
-    mode: str
-    embedder: str
-    threshold: float
-    decisions: list[Decision]
-    identity: IdentityChoice | None
-    target: int
-    minimum: int
-    rounds: int
-    counts: dict[str, int] = field(default_factory=dict)
-    cohesion: Cohesion | None = None
-    contact_sheet: Path | None = None
-    training_set: TrainingSet | None = None
-
-    @property
-    def kept(self) -> list[Decision]:
-        """Images that go on to training."""
-        return [d for d in self.decisions if d.kept]
-
-    @property
-    def passing(self) -> list[Decision]:
-        """Images enforce mode keeps (in record mode: the ones it would keep)."""
-        return [d for d in self.decisions if d.reason == REASON_OK]
 
 
 def run_curate(
@@ -126,6 +96,8 @@ def _curate(
 ) -> CurateResult:
     curate = config.curate
     run_dir = prepare_run_dir(config)
+    if curate.reference_images:
+        check_reference_images(curate.reference_images)  # before the import and the embedder: fail fast
     skipped: list[Decision] = []
     if images_dir is not None:
         manifest, skipped = import_images(config, run_dir, Path(images_dir))
@@ -162,9 +134,10 @@ def _curate(
         f"curating {len(records)} image(s) with {embedder.name} (same person: distance <= {threshold:.2f}), "
         f"mode {curate.mode}, target {target}"
     )
+    refused: dict[str, str] = {}
     while True:
-        faces = scan_faces(embedder, [(r["sha256"], run_dir / r["file"]) for r in records], cache)
-        decisions, identity = decide(embedder, records, faces, curate, threshold, anchor)
+        faces = scan_faces(embedder, [(r["sha256"], run_dir / r["file"]) for r in records], cache, refused)
+        decisions, identity = decide(embedder, records, faces, curate, threshold, anchor, refused)
         passing = sum(1 for decision in decisions if decision.reason == REASON_OK)
         rounds_done = max((int(r.get("round", 0)) for r in records), default=0)
         if not can_top_up or passing >= target or rounds_done >= curate.top_up_rounds:

@@ -16,7 +16,8 @@ from rich.markup import escape
 from zirelia_local.common.config import CurateConfig
 from zirelia_local.common.console import warn
 from zirelia_local.common.errors import ZireliaError
-from zirelia_local.common.images import load_rgb
+from zirelia_local.common.images import ImageRefused, load_rgb, read_header
+from zirelia_local.common.paths import display_path
 from zirelia_local.faces import DetectedFace, FaceEmbedder
 from zirelia_local.faces.verdict import face_verdict
 
@@ -47,6 +48,8 @@ class Decision:
     face: DetectedFace | None = None
     faces: int = 0
     source: str | None = None
+    #: why an unreadable image was refused ("too large: 400 MP, limit 179 MP"), from the image opener
+    detail: str | None = None
 
     def to_record(self, mode: str) -> dict[str, Any]:
         """The decision as a `curation.jsonl` line, `mode` being the [curate] mode it was made in."""
@@ -65,6 +68,8 @@ class Decision:
         }
         if self.source is not None:
             record["source"] = self.source
+        if self.detail is not None:
+            record["detail"] = self.detail
         return record
 
 
@@ -132,20 +137,13 @@ def reference_identity(
     """The centroid of the user's reference photos (each must show exactly one clear face); `source` is what
     the identity records as its origin ("reference_images", or "anchor" for the anchor portrait)."""
     label = "anchor portrait" if source == "anchor" else "reference photo"
-    missing = [str(path) for path in paths if not Path(path).expanduser().is_file()]
-    if missing:
-        raise ZireliaError(
-            f"[curate] reference_images: file(s) not found: {', '.join(missing)}",
-            hint="paths are relative to the directory you run zirelia from; use absolute paths to be sure",
-        )
-    from PIL import Image
-
     arrays = []
-    for path in paths:
+    for path in check_reference_images(paths):
         try:
-            arrays.append(load_rgb(Path(path).expanduser()))
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise ZireliaError(f"{label} {path} cannot be read: {error}") from None
+            arrays.append(load_rgb(path))
+        except ImageRefused as refused:  # the header was fine, the pixels are not (truncated, damaged)
+            where = "[curate] reference_images" if source == "reference_images" else label
+            raise ZireliaError(f"{where}: {display_path(path)}: {refused.reason}", hint=refused.hint) from None
     vectors = []
     # A reference face may be small (a phone photo): only detection, a single face and the identity matter.
     lenient = curate.model_copy(update={"min_face_size": 8})
@@ -187,6 +185,26 @@ def anchor_identity(
         ) from None
 
 
+def check_reference_images(paths: Sequence[Path]) -> list[Path]:
+    """The reference photos as paths to read (`~` expanded), after checking that each is an image file the
+    image opener accepts (header only: cheap enough to run before any stage starts); a ZireliaError naming
+    every photo that is not, and why."""
+    expanded = [Path(path).expanduser() for path in paths]
+    problems = []
+    for path in expanded:
+        try:
+            read_header(path)
+        except ImageRefused as refused:
+            problems.append(f"{display_path(path)}: {refused.reason}")
+    if problems:
+        raise ZireliaError(
+            "[curate] reference_images: " + "; ".join(problems),
+            hint="list image files (PNG, JPEG, WebP, BMP) of the persona; relative paths are read from the folder "
+            "you run zirelia from, so absolute paths are safest",
+        )
+    return expanded
+
+
 def decide(
     embedder: FaceEmbedder,
     items: Sequence[dict[str, Any]],
@@ -194,12 +212,15 @@ def decide(
     curate: CurateConfig,
     threshold: float,
     anchor: IdentityChoice | None,
+    refused: dict[str, str] | None = None,
 ) -> tuple[list[Decision], IdentityChoice | None]:
-    """Decisions for manifest-like records (id, file, sha256, round) and the identity they were judged by."""
+    """Decisions for manifest-like records (id, file, sha256, round) and the identity they were judged by;
+    `refused` gives the image opener's reason for each unreadable image (by sha256), recorded as its detail."""
     decisions = []
     for record in items:
         faces = faces_by_sha.get(record["sha256"])
         reason, face = face_verdict(faces, curate)
+        detail = (refused or {}).get(record["sha256"]) if reason == "unreadable" else None
         decisions.append(
             Decision(
                 id=record["id"],
@@ -209,6 +230,7 @@ def decide(
                 face=face,
                 faces=len(faces or []),
                 source=record.get("source"),
+                detail=detail,
             )
         )
     candidates = [(d.id, d.face.embedding) for d in decisions if d.reason == REASON_OK and d.face is not None]

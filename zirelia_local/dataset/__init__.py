@@ -10,6 +10,7 @@ judge read the sample prompts from `sample_prompts`; the report shows the anchor
 from zirelia_local.dataset.anchor import ANCHOR_IMAGE, ANCHOR_INFO, Anchor, read_anchor
 from zirelia_local.dataset.captions import (
     SamplePrompt,
+    TrainingSet,
     evaluation_prompt,
     run_caption,
     sample_prompts,
@@ -31,6 +32,7 @@ __all__ = [
     "GenerationResult",
     "PlannedImage",
     "SamplePrompt",
+    "TrainingSet",
     "ensure_anchor",
     "evaluation_prompt",
     "generate_images",

@@ -33,7 +33,7 @@ from zirelia_local.common.files import (
     read_json_object,
     sha256_file,
 )
-from zirelia_local.common.images import laplacian_variance, load_rgb, mean_brightness, sharpness_region
+from zirelia_local.common.images import laplacian_variance, load_rgb, mean_brightness, open_image, sharpness_region
 from zirelia_local.faces import DetectedFace, FaceEmbedder
 from zirelia_local.faces.verdict import FACE_OK, face_verdict
 
@@ -64,10 +64,7 @@ class Anchor:
 
     def image(self) -> Any:
         """The portrait as an RGB PIL image."""
-        from PIL import Image
-
-        with Image.open(self.path) as opened:
-            return opened.convert("RGB")
+        return open_image(self.path)
 
     def manifest_field(self) -> dict[str, str]:
         """What a manifest row records about the anchor that made it."""

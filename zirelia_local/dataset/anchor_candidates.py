@@ -20,7 +20,7 @@ from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.console import info, progress_bar, warn
 from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import atomic_write_bytes, png_bytes, remove_stale_temp_files
-from zirelia_local.common.images import load_rgb
+from zirelia_local.common.images import ImageRefused, load_rgb, open_image, png_text, read_header
 from zirelia_local.dataset.anchor import (
     ANCHOR_DIR,
     Anchor,
@@ -71,19 +71,15 @@ def drawn_key(config: ZireliaConfig) -> dict[str, Any]:
 
 def _finished(path: Path, prompt: str, seed: int, model: str, size: int) -> bool:
     """A candidate drawn earlier with the same prompt, seed and model (read from its PNG), and readable."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as image:
-            image.load()
-            text = getattr(image, "text", {})
-            return (
-                image.size == (size, size)
-                and text.get("prompt") == prompt
-                and text.get("seed") == str(seed)
-                and text.get("model") == model
-            )
-    except (OSError, ValueError, Image.DecompressionBombError):
+        text = png_text(path)
+        return (
+            read_header(path).size == (size, size)
+            and text.get("prompt") == prompt
+            and text.get("seed") == str(seed)
+            and text.get("model") == model
+        )
+    except ImageRefused:  # missing, half-written or damaged: draw it again
         return False
 
 
@@ -166,10 +162,7 @@ def draw_anchor(config: ZireliaConfig, run_dir: Path, embedder: FaceEmbedder, pi
             for i, seed in enumerate(seeds)
         ],
     }
-    from PIL import Image
-
-    with Image.open(paths[chosen]) as opened:
-        anchor = save_anchor(run_dir, opened.convert("RGB"), record)
+    anchor = save_anchor(run_dir, open_image(paths[chosen]), record)
     face = f"{best.face.size} px face" if best.ok and best.face is not None else "no clear face"
     info(
         f"anchor: {candidate_file(chosen)} of {len(seeds)} portrait(s) (seed {seeds[chosen]}, {face}) -> {anchor.path}"

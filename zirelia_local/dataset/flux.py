@@ -93,6 +93,8 @@ class MemoryPlan:
     memory: str
     quantization: str
     reason: str
+    #: Why `auto` did not get its first choice (nf4 without a usable bitsandbytes), else None.
+    fallback: str | None = None
 
 
 def gpu_total_memory(device: torch.device) -> int | None:
@@ -119,18 +121,33 @@ def plan_memory(gen: GeneratorConfig, device: torch.device, *, total_memory: int
         # The bf16 transformer alone is 23.8 GB: store it in fp8 (12 GB) and move models in turn.
         auto = ("model_offload", "fp8_storage")
     elif gib >= 11:
-        auto = ("model_offload", "bnb_nf4" if _has_module("bitsandbytes") else "fp8_storage")
+        auto = ("model_offload", "bnb_nf4")
     else:
         auto = ("sequential_offload", "none")
     chosen_memory = auto[0] if memory == "auto" else memory
     chosen_quant = (auto[1] if memory == "auto" else "none") if quantization == "auto" else quantization
-    return MemoryPlan(chosen_memory, chosen_quant, reason=f"{gib:.0f} GiB GPU")
+    fallback = None
+    if chosen_quant == "bnb_nf4" and quantization == "auto":
+        problem = bitsandbytes_problem()
+        if problem is not None:
+            # fp8 storage holds the transformer in 12 GB: on a 12 GB card that leaves little room, so say why.
+            chosen_quant = "fp8_storage"
+            fallback = f"nf4 was the choice, but {problem}, so fp8 storage instead (pip install bitsandbytes)"
+    reason = f"{gib:.0f} GiB GPU" + (f"; {fallback}" if fallback else "")
+    return MemoryPlan(chosen_memory, chosen_quant, reason=reason, fallback=fallback)
 
 
-def _has_module(name: str) -> bool:
+def bitsandbytes_problem() -> str | None:
+    """Why bitsandbytes cannot be used here (not installed, or its import fails), or None when it can."""
     import importlib.util
 
-    return importlib.util.find_spec(name) is not None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed"
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as error:  # a broken install raises anything from OSError to RuntimeError
+        return f"bitsandbytes fails to import ({type(error).__name__}: {error})"
+    return None
 
 
 def resolve_model_source(model: str, key: str = FLUX[0]) -> str:
@@ -266,12 +283,16 @@ def _load_pipeline(
             f"[generator] memory = {plan.memory!r} needs a CUDA GPU, but the device is {device}",
             hint='set memory = "none" (or "auto") on CPU',
         )
-    if plan.quantization.startswith("bnb_") and (device.type != "cuda" or not _has_module("bitsandbytes")):
-        raise ZireliaError(
-            f"[generator] quantization = {plan.quantization!r} needs bitsandbytes and a CUDA GPU",
-            hint='`pip install bitsandbytes` on a CUDA machine, or use quantization = "fp8_storage"',
-        )
-    if device.type == "cuda" and (plan.memory != gen.memory or plan.quantization != gen.quantization):
+    if plan.quantization.startswith("bnb_"):
+        problem = "the device is not a CUDA GPU" if device.type != "cuda" else bitsandbytes_problem()
+        if problem is not None:
+            raise ZireliaError(
+                f"[generator] quantization = {plan.quantization!r} needs bitsandbytes and a CUDA GPU, but {problem}",
+                hint='`pip install bitsandbytes` on a CUDA machine, or use quantization = "fp8_storage"',
+            )
+    if plan.fallback is not None:
+        logger.warning("memory mode %s, quantization %s (%s)", plan.memory, plan.quantization, plan.reason)
+    elif device.type == "cuda" and (plan.memory != gen.memory or plan.quantization != gen.quantization):
         logger.info("memory mode %s, quantization %s (%s)", plan.memory, plan.quantization, plan.reason)
 
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": None if allow_pickle else True}

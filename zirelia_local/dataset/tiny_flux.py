@@ -16,11 +16,15 @@ so concurrent first runs or a kill mid-build never leave a half-written model be
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.paths import describe_os_error, display_path
 
 BUILTIN_PREFIX = "builtin:"
 TINY_FLUX_NAME = "tiny-flux"
@@ -69,8 +73,6 @@ def resolve_builtin(model: str) -> Path:
     """Return the local folder of a `builtin:` model, building it on first use."""
     name = model[len(BUILTIN_PREFIX) :]
     if name not in _BUILTINS:
-        from zirelia_local.common.errors import ZireliaError
-
         raise ZireliaError(
             f"unknown built-in model {model!r}",
             hint="the built-in models are " + ", ".join(f"'{BUILTIN_PREFIX}{known}'" for known in _BUILTINS),
@@ -94,8 +96,7 @@ def ensure_builtin(name: str, root: Path | None = None) -> Path:
     target = root / f"{name}-v{TINY_FLUX_VERSION}"
     if (target / "model_index.json").is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+    staging = _staging_folder(root, target.name)
     try:
         build_tiny_flux(staging, name=name)
         try:
@@ -108,6 +109,25 @@ def ensure_builtin(name: str, root: Path | None = None) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _staging_folder(root: Path, name: str) -> Path:
+    """A fresh folder in the cache to build into; a ZireliaError naming the cache folder when it cannot be one."""
+    try:
+        if root.exists() and not root.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", str(root))
+        root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise  # the CLI says the disk is full
+        why = {errno.ENOTDIR: "is a file, not a folder", errno.ENOENT: "cannot be created there"}.get(
+            error.errno or 0, describe_os_error(error)
+        )
+        raise ZireliaError(
+            f"cannot build {BUILTIN_PREFIX}{TINY_FLUX_NAME} in the cache folder {display_path(root)}: {why}",
+            hint="set ZIRELIA_CACHE to a folder you can write to (default: ~/.cache/zirelia-local)",
+        ) from None
 
 
 def _train_clip_tokenizer(folder: Path) -> None:

@@ -146,8 +146,11 @@ def mps_available() -> bool:
         return False
 
 
-def gpu_checks(gpus: list[GpuInfo], summary: str, *, gpu_required: str | None) -> list[Check]:
-    """One row for CUDA, one per GPU. `gpu_required` says why the configured run needs one (None: it does not)."""
+def gpu_checks(gpus: list[GpuInfo], summary: str, *, gpu_required: str | None, for_config: bool = False) -> list[Check]:
+    """One row for CUDA, one per GPU. `gpu_required` says why the configured run needs one (None: it does not);
+    `for_config`: the rows are for a config (whose run, when no GPU is required, is fine on the CPU)."""
+    if not gpus and for_config and not gpu_required:
+        return [ok("cuda", f"{summary}; not needed: no stage checked here runs on a GPU")]
     if not gpus:
         if gpu_required:
             return [

@@ -3,19 +3,27 @@ and the single model files it loads."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
-from zirelia_local.common.config import TrainConfig, ZireliaConfig
+from zirelia_local.common.config import ZireliaConfig
+from zirelia_local.common.paths import display_path, path_problem
 from zirelia_local.doctor.check import GB, Check, fail, ok, warn
 from zirelia_local.doctor.models import FLUX_DEV_REPO
+from zirelia_local.training.kohya_command import looks_like_hub_id
+from zirelia_local.training.kohya_env import safetensors_damage
+from zirelia_local.training.model_files import ModelFile, resolve_model_files
 
 # The sd-scripts commit zirelia is tested against (docker/Dockerfile pins the same one).
 SD_SCRIPTS_COMMIT = "48d368fa"
 SD_SCRIPTS_URL = "https://github.com/kohya-ss/sd-scripts"
 SD_SCRIPTS_TRAIN_SCRIPT = {"flux": "flux_train_network.py", "sdxl": "sdxl_train_network.py", "sd15": "train_network.py"}
-SD_SCRIPTS_IMPORT_CHECK = "import library.train_util, accelerate, transformers, diffusers"
+SD_SCRIPTS_MODULES = ("library.train_util", "accelerate", "transformers", "diffusers")
+SD_SCRIPTS_IMPORT_CHECK = "import " + ", ".join(SD_SCRIPTS_MODULES)
 # A cold import of torch, transformers and diffusers from a slow disk can take minutes.
 SD_SCRIPTS_IMPORT_TIMEOUT_S = 180.0
 
@@ -25,6 +33,8 @@ FLUX_FILES_FIX = {
     "clip_l": "hf download comfyanonymous/flux_text_encoders clip_l.safetensors --local-dir models",
     "t5xxl": "hf download comfyanonymous/flux_text_encoders t5xxl_fp16.safetensors --local-dir models",
 }
+# sd-scripts loads these from one .safetensors file each, never from a folder.
+SINGLE_FILE_KEYS = ("clip_l", "t5xxl", "ae")
 
 
 def sd_scripts_python(folder: Path, configured: Path | None) -> Path:
@@ -46,8 +56,9 @@ def sd_scripts_folder_check(folder: Path | None, model_type: str = "flux") -> Ch
     )
     if folder is None:
         return fail(name, "not set: neither [train] sd_scripts nor ZIRELIA_SD_SCRIPTS", install)
-    if not folder.is_dir():
-        return fail(name, f"{folder} does not exist", install)
+    problem = path_problem(folder, "folder")
+    if problem is not None:
+        return fail(name, f"{display_path(folder)} {problem}", install)
     script = SD_SCRIPTS_TRAIN_SCRIPT[model_type]
     if not (folder / script).is_file():
         return fail(
@@ -58,44 +69,110 @@ def sd_scripts_folder_check(folder: Path | None, model_type: str = "flux") -> Ch
     return ok(name, f"{folder} ({script})")
 
 
-def sd_scripts_python_check(folder: Path, python: Path, timeout: float = SD_SCRIPTS_IMPORT_TIMEOUT_S) -> Check:
-    """Run sd-scripts' interpreter on its own imports (library.train_util, accelerate, transformers, diffusers)."""
+def sd_scripts_python_check(
+    folder: Path,
+    python: Path,
+    timeout: float = SD_SCRIPTS_IMPORT_TIMEOUT_S,
+    stop: threading.Event | None = None,
+) -> Check:
+    """Run sd-scripts' interpreter on its own imports (library.train_util, accelerate, transformers, diffusers).
+
+    The imports take seconds (torch among them). When `stop` is set before they finish (the pre-flight has
+    found failures that stop the run anyway), they are abandoned for a look-up of the same modules that
+    imports nothing: a missing package is still reported with the other failures, in a fraction of a second.
+    """
     name = "sd-scripts python"
     fix = f"cd {folder} && {python} -m pip install -r requirements.txt (plus a CUDA build of torch and torchvision)"
-    if not python.exists():
-        return fail(name, f"{python} does not exist", f"set [train] python to sd-scripts' interpreter, or {fix}")
+    problem = path_problem(python, "file")
+    if problem is not None:
+        return fail(
+            name, f"{display_path(python)} {problem}", f"set [train] python to sd-scripts' interpreter, or {fix}"
+        )
+    if stop is not None and stop.is_set():
+        return _sd_scripts_modules_check(folder, python, name, fix)
     code = SD_SCRIPTS_IMPORT_CHECK + "; print(transformers.__version__, diffusers.__version__)"
     try:
-        completed = subprocess.run(
-            [str(python), "-c", code], cwd=folder, capture_output=True, text=True, timeout=timeout, check=False
+        process = subprocess.Popen(
+            [str(python), "-c", code], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-    except subprocess.TimeoutExpired:
-        return warn(name, f"{python}: importing sd-scripts took over {timeout:.0f} s", "check the disk and the venv")
     except OSError as error:
         return fail(name, f"{python} cannot run: {error.strerror}", fix)
-    if completed.returncode != 0:
-        lines = [line for line in completed.stderr.strip().splitlines() if line.strip()]
-        return fail(name, f"{python}: {lines[-1] if lines else 'exit code ' + str(completed.returncode)}", fix)
-    transformers_version, diffusers_version = [*completed.stdout.split(), "?", "?"][:2]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            stdout, stderr = process.communicate(timeout=0.1)
+            break
+        except subprocess.TimeoutExpired:
+            stopped = stop is not None and stop.is_set()
+            if not stopped and time.monotonic() < deadline:
+                continue
+            process.kill()
+            process.communicate()
+            if stopped:
+                return _sd_scripts_modules_check(folder, python, name, fix)
+            return warn(
+                name, f"{python}: importing sd-scripts took over {timeout:.0f} s", "check the disk and the venv"
+            )
+    if process.returncode != 0:
+        lines = [line for line in stderr.strip().splitlines() if line.strip()]
+        return fail(name, f"{python}: {lines[-1] if lines else 'exit code ' + str(process.returncode)}", fix)
+    transformers_version, diffusers_version = [*stdout.split(), "?", "?"][:2]
     return ok(name, f"{python} (transformers {transformers_version}, diffusers {diffusers_version})")
 
 
-def kohya_model_file_checks(train: TrainConfig) -> list[Check]:
-    """The single files sd-scripts loads: the base model, and for FLUX also CLIP-L, T5-XXL and the autoencoder."""
-    keys = ["pretrained_model", "clip_l", "t5xxl", "ae"] if train.model_type == "flux" else ["pretrained_model"]
+def _sd_scripts_modules_check(folder: Path, python: Path, name: str, fix: str) -> Check:
+    """Whether sd-scripts' interpreter finds its modules, without importing them (a find_spec per module)."""
+    code = f"import importlib.util as u\nprint(' '.join(m for m in {SD_SCRIPTS_MODULES!r} if u.find_spec(m) is None))"
+    try:
+        completed = subprocess.run(
+            [str(python), "-c", code], cwd=folder, capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return fail(name, f"{python} cannot run: {error}", fix)
+    if completed.returncode != 0:  # find_spec of library.train_util imports the `library` package itself
+        lines = [line for line in completed.stderr.strip().splitlines() if line.strip()]
+        return fail(name, f"{python}: {lines[-1] if lines else 'exit code ' + str(completed.returncode)}", fix)
+    missing = completed.stdout.split()
+    if missing:
+        return fail(name, f"{python}: No module named {', '.join(repr(module) for module in missing)}", fix)
+    return ok(name, f"{python}: sd-scripts' modules are installed (not imported: the run stops on the failures)")
+
+
+def kohya_model_file_checks(config: ZireliaConfig) -> list[Check]:
+    """The files sd-scripts loads: the base model, and for FLUX also CLIP-L, T5-XXL and the autoencoder; an
+    "auto" row says what it resolved to in [generator] model's repository, or the download it lacks.
+
+    Judged as the training stage judges them before it launches (training/kohya_env.py): a hub id is a valid
+    SDXL/SD1.5 base model, and a .safetensors file must have a readable header and all the bytes it announces
+    (a partial download is the usual problem; reading the header takes milliseconds).
+    """
+    train = config.train
     checks = []
-    for key in keys:
-        value = getattr(train, key)
+    for key, file in resolve_model_files(config).items():
         name = f"train.{key}"
+        if file.auto:
+            checks.append(_auto_check(name, file))
+            continue
         fix = FLUX_FILES_FIX.get(key, "download the base checkpoint") + f", then set [train] {key} to the file"
         if train.model_type == "flux":
-            fix += " (the diffusers folder of [generator] is a separate download)"
-        if value is None:
+            fix += ' (or leave it "auto" to use [generator] model\'s repository)'
+        if file.value is None:
             checks.append(fail(name, "not set (the kohya backend needs it)", fix))
             continue
+        value = file.value
+        if key == "pretrained_model" and train.model_type != "flux" and looks_like_hub_id(str(value)):
+            checks.append(ok(name, f"{value} (a hub id: sd-scripts downloads it)"))
+            continue
         path = Path(value).expanduser()
+        damage = safetensors_damage(path) if path.is_file() and path.suffix == ".safetensors" else None
         if not path.exists():
-            checks.append(fail(name, f"{path} not found", fix))
+            checks.append(
+                fail(name, f"[train] {key} points nowhere: {display_path(path)} not found", f"check its path; or {fix}")
+            )
+        elif key in SINGLE_FILE_KEYS and not path.is_file():
+            checks.append(fail(name, f"{display_path(path)} {path_problem(path, 'file')}", fix))
+        elif damage is not None:
+            checks.append(fail(name, f"[train] {key}: {damage}", f"download it again: {fix}"))
         elif path.is_file():
             checks.append(ok(name, f"{path} ({path.stat().st_size / GB:.2f} GB)"))
         else:
@@ -117,11 +194,22 @@ def kohya_model_file_checks(train: TrainConfig) -> list[Check]:
     return checks
 
 
-def kohya_checks(config: ZireliaConfig, *, import_timeout: float = SD_SCRIPTS_IMPORT_TIMEOUT_S) -> list[Check]:
-    """Every kohya row: the folder, then its interpreter (only when the folder is usable), then the model files."""
-    folder = config.sd_scripts_dir()
-    folder_row = sd_scripts_folder_check(folder, config.train.model_type)
-    checks = [folder_row]
-    if not folder_row.failed and folder is not None:
-        checks.append(sd_scripts_python_check(folder, sd_scripts_python(folder, config.train.python), import_timeout))
-    return checks + kohya_model_file_checks(config.train)
+def _auto_check(name: str, file: ModelFile) -> Check:
+    if file.problem is not None:
+        return fail(name, f"auto: {file.problem}", file.fix)
+    if file.merge is not None and file.merge_pending:
+        folder = file.merge.target.parent
+        free = shutil.disk_usage(_existing_parent(folder)).free
+        if free < file.merge.total_bytes:
+            return fail(
+                name,
+                f"auto: {file.detail}, but {free / GB:.1f} GB are free there",
+                "free disk space, point ZIRELIA_CACHE at a larger disk, or set [train] t5xxl to a single file",
+            )
+    return ok(name, f"auto: {file.detail}")
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path

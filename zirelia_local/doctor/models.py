@@ -100,7 +100,10 @@ def device_check(config: ZireliaConfig, gpus: list[GpuInfo], stages: Collection[
     device = "cuda:0" if gen.device == "auto" else gen.device
     index = int(device.split(":")[1]) if ":" in device else 0
     plan = plan_memory(gen, torch.device(device), total_memory=gpus[index].total_bytes)
-    return ok("device", f"{device}; generation: memory {plan.memory}, quantization {plan.quantization}")
+    detail = f"{device}; generation: memory {plan.memory}, quantization {plan.quantization}"
+    if plan.fallback is not None:  # auto fell back from nf4: say why, on the card that needs nf4 most
+        return warn("device", f"{detail} ({plan.reason})", "pip install bitsandbytes into this environment")
+    return ok("device", detail)
 
 
 def hub_token() -> tuple[str | None, str]:

@@ -1,5 +1,6 @@
 """The rows about what a run holds besides its generator: the face embedder's weights, the critic's CLIP
-weights, and disk space for the run directory (and for the generator's download into the HF cache)."""
+weights, and the run directory (one that can be written, with disk space for the run) and disk space for the
+generator's download into the HF cache."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 from zirelia_local.common.config import CurateConfig, ZireliaConfig
 from zirelia_local.common.errors import ZireliaError
+from zirelia_local.common.paths import display_path
+from zirelia_local.common.rundir import RUN_DIR_HINT, run_dir_write_problem
 from zirelia_local.dataset.tiny_flux import is_builtin
 from zirelia_local.doctor.check import GB, STAGES, Check, Stage, fail, generator_stages, ok, warn
 from zirelia_local.doctor.environment import onnxruntime_providers
@@ -37,16 +40,19 @@ def embedder_check(curate: CurateConfig, gpus: list[GpuInfo]) -> Check:
         except ZireliaError as error:
             return fail(name, error.message, error.hint or "")
         return ok(name, f"{SHAPE_PREDICTOR_5}, {RESNET_MODEL} in {folder}")
+    # The embedder's own check (faces/insightface_embedder.py), run before it builds FaceAnalysis: the folder
+    # exists and holds a detector and a recogniser. It reads each .onnx graph's header (under a second for
+    # buffalo_l), the same reading curation would do minutes later.
+    from zirelia_local.faces.insightface_embedder import check_model_dir
+
     folder = curate.insightface_root.expanduser() / "models" / curate.insightface_model
-    fix = (
-        f"put the {curate.insightface_model} .onnx files in {folder} (buffalo_l is licensed for non-commercial "
-        'research only), or set [curate] embedder = "dlib"'
-    )
-    if not folder.exists():
-        return warn(name, f"{folder} does not exist: insightface will try to download the pack on first use", fix)
-    onnx_files = sorted(path.name for path in folder.glob("*.onnx"))
-    if not onnx_files:
-        return fail(name, f"{folder} holds no .onnx file (insightface then fails with a bare AssertionError)", fix)
+    try:
+        by_task = check_model_dir(curate.insightface_root, curate.insightface_model)
+    except ZireliaError as error:
+        return fail(name, error.message, error.hint or "")
+    except ImportError as error:  # onnx missing: the insightface package row says how to install it
+        return fail(name, f"cannot read {folder}: {error}", 'pip install -e ".[insightface]"')
+    onnx_files = sorted(path.name for paths in by_task.values() for path in paths)
     providers = onnxruntime_providers() or []
     wants_gpu = curate.device.startswith("cuda") or (curate.device == "auto" and bool(gpus))
     if wants_gpu and "CUDAExecutionProvider" not in providers:
@@ -58,18 +64,38 @@ def embedder_check(curate: CurateConfig, gpus: list[GpuInfo]) -> Check:
     return ok(name, f"{', '.join(onnx_files)} in {folder}")
 
 
-def critic_clip_check(config: ZireliaConfig) -> Check | None:
-    """The critic's CLIP weights file exists; None when no CLIP model is configured (the critic then skips it)."""
-    pretrained = config.critic.clip_pretrained
-    if pretrained is None:
-        return None
-    name = "critic CLIP weights"
-    if pretrained.endswith(".safetensors") or "/" in pretrained:
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            return fail(name, f"{path} not found", "set [critic] clip_pretrained to an existing .safetensors file")
-        return ok(name, str(path))
-    return warn(name, f"open_clip tag {pretrained!r}: fetched from the hub on first use", "")
+def critic_clip_check(config: ZireliaConfig) -> Check:
+    """Where the critic's CLIP weights come from, checked as the critic will load them (critic/clip_score.py),
+    from disk only: a missing or refused file fails, no weights at all is a warning (nothing is scored for
+    prompt adherence), an open_clip tag is fetched on first use."""
+    from zirelia_local.critic.clip_score import CLIP_CHECK_NAME, WEIGHTS_HINT, clip_weights_source
+
+    name = CLIP_CHECK_NAME
+    try:
+        source = clip_weights_source(config.critic, allow_pickle=config.run.allow_pickle)
+    except ZireliaError as error:
+        return fail(name, error.message, error.hint or "")
+    if source is None:
+        return warn(
+            name,
+            "prompt adherence will not be scored: no CLIP weights configured ([critic] clip_pretrained)",
+            WEIGHTS_HINT,
+        )
+    if isinstance(source, Path):
+        return ok(name, str(source))
+    return warn(name, f"open_clip tag {source!r}: fetched from the hub on first use", "")
+
+
+def run_dir_check(run_dir: Path) -> Check:
+    """The run directory can be written: it is a folder we can create files in, or it will be created in its
+    nearest existing parent, which must be one (`common.rundir.run_dir_write_problem`: probed with an unnamed
+    temporary file, so a kill at any moment leaves nothing behind, and nothing is created where the run goes)."""
+    path = run_dir.expanduser().absolute()
+    problem = run_dir_write_problem(path)
+    if problem is not None:
+        return fail("run dir", f"cannot use {display_path(path)} as the run directory: {problem}", RUN_DIR_HINT)
+    where = _existing_ancestor(path)
+    return ok("run dir", f"{path} (writable)" if where == path else f"{path} (will be created in {where})")
 
 
 def estimate_run_bytes(config: ZireliaConfig, stages: Collection[str] = STAGES) -> dict[str, int]:
@@ -131,7 +157,7 @@ def disk_checks(
     dataset, FLUX.1 Kontext) is still to download."""
     checks = []
     parts = estimate_run_bytes(config, stages)
-    if parts:
+    if parts and run_dir_write_problem(config.run_dir) is None:  # else the "run dir" row says what is wrong
         what = "the run (" + ", ".join(f"{key} {value / GB:.1f}" for key, value in parts.items()) + " GB)"
         checks.append(disk_check("disk (run dir)", config.run_dir, sum(parts.values()), what))
     gen = config.generator

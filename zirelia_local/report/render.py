@@ -19,6 +19,8 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from zirelia_local.common.paths import printable
+
 THUMBNAIL_SIDE = 192
 
 
@@ -52,8 +54,12 @@ def environment() -> Environment:
 
 
 def render_page(template: str, **context: Any) -> str:
-    """Render `template` (a name in report/templates/, e.g. "report.html.j2") with `context`; return the HTML."""
-    return environment().get_template(template).render(**context)
+    """Render `template` (a name in report/templates/, e.g. "report.html.j2") with `context`; return the HTML.
+
+    A file name that is not UTF-8 (an imported photo's, the config's) shows its odd bytes as `\\xNN`, so the
+    page can always be written as UTF-8.
+    """
+    return printable(environment().get_template(template).render(**context))
 
 
 def data_uri(data: bytes, mime: str) -> str:
@@ -67,12 +73,11 @@ def thumbnail_uri(path: Path, side: int = THUMBNAIL_SIDE) -> str | None:
     Images no larger than `side` are kept as PNG, unscaled: the test models draw 64 px images, and JPEG would
     blur what little there is to see.
     """
-    from PIL import Image  # Pillow only when a page has images: importing the report stays cheap
+    from zirelia_local.common.images import ImageRefused, open_image  # Pillow only when a page has images
 
     try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except (OSError, ValueError):
+        image = open_image(path)
+    except ImageRefused:
         return None
     buffer = io.BytesIO()
     if max(image.size) <= side:

@@ -11,20 +11,26 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from zirelia_local.common.config import ZireliaConfig
-from zirelia_local.common.files import read_jsonl
+from zirelia_local.common.files import read_json_object, read_jsonl
+from zirelia_local.common.paths import display_path
+from zirelia_local.common.rundir import PREFLIGHT_NAME
 from zirelia_local.common.security import redact, redact_toml
 from zirelia_local.report.render import data_uri, thumbnail_uri
+from zirelia_local.training.step_time import STEP_SECONDS, median_from_metrics, step_time_text
 
 CONTACT_SHEET = "contact_sheet.png"
 CURATION_LOG = "curation.jsonl"
 TRAIN_METRICS = "train/metrics.jsonl"
 MAX_CURATION_ROWS = 300
 MAX_COMMAND_FILE = 20_000
+# The stages in run order, as `zirelia <stage>` names them.
+STAGE_NAMES = ("dataset", "curate", "train", "critic", "report")
 # The per-attempt scores the grid shows; a missing one prints as "-".
 SCORE_KEYS = (
     "faces",
@@ -79,9 +85,11 @@ def dataset(run_dir: Path) -> dict[str, Any]:
         "reasons": sorted(reasons.items(), key=lambda item: -item[1]),
         "rows": [
             {
-                "file": record.get("file"),
+                # a photo's own name when it could not be imported: shown escaped (newlines, odd bytes)
+                "file": display_path(str(record.get("file"))),
                 "kept": bool(record.get("kept")),
                 "reason": record.get("reason") or "",
+                "detail": record.get("detail") or "",
                 "distance": record.get("distance"),
             }
             for record in records[:MAX_CURATION_ROWS]
@@ -115,6 +123,7 @@ def training(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     losses = [m for m in steps if m.get("loss", m.get("avr_loss")) is not None]
     last = losses[-1] if losses else steps[-1] if steps else {}
     epochs = sorted({m.get("epoch") for m in metrics if m.get("epoch") is not None})
+    median = median_from_metrics(steps)
     return {
         "metrics_name": TRAIN_METRICS,
         "steps": len(steps),
@@ -123,7 +132,38 @@ def training(metrics: list[dict[str, Any]]) -> dict[str, Any]:
         "last_loss": last.get("loss", last.get("avr_loss")),
         "last_step": last.get("step"),
         **live_curve(metrics),
+        # The figure the progress bar and docs/benchmarks.md quote too (training/step_time.py).
+        "step_time": step_time_text(median) or None,
+        "step_time_key": STEP_SECONDS,
     }
+
+
+def preflight(run_dir: Path) -> dict[str, Any]:
+    """What the pre-flight checks found before each stage last ran (preflight.json): one row per command that
+    checked some of the stages (the whole job checks all five at once), in stage order, with its result:
+    passed, passed with warnings, skipped (--skip-checks), or not recorded (a run from before the checks)."""
+    stages = (read_json_object(run_dir / PREFLIGHT_NAME) or {}).get("stages") or {}
+    rows: list[dict[str, Any]] = []
+    by_check: dict[tuple[str, str, str], dict[str, Any]] = {}
+    skipped = []
+    for stage in STAGE_NAMES:
+        entry = stages.get(stage) or {}
+        status = entry.get("status") or "not recorded"
+        if status == "skipped":
+            skipped.append(stage)
+        key = (status, entry.get("at") or "", entry.get("command") or "")
+        if key in by_check:
+            by_check[key]["stages"].append(stage)
+            continue
+        by_check[key] = {
+            "stages": [stage],
+            "status": status,
+            "at": key[1],
+            "command": key[2],
+            "warnings": [f"{w.get('name')}: {w.get('detail')}" for w in entry.get("warnings") or []],
+        }
+        rows.append(by_check[key])
+    return {"name": PREFLIGHT_NAME, "rows": rows, "skipped": skipped}
 
 
 def scores(selection: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -242,14 +282,13 @@ def _command_files(run_dir: Path) -> list[tuple[str, str]]:
 
 def commands(config: ZireliaConfig, selection: dict[str, Any] | None, run_dir: Path) -> dict[str, Any]:
     """How the run was made and how to make it again: commands, evaluation settings, the config (redacted)."""
-    source = config.source if config.source is not None else run_dir / "config.toml"
+    # Quoted for a shell: a path with a space or a newline still pastes as one argument.
+    source = shlex.quote(str(config.source if config.source is not None else run_dir / "config.toml"))
+    where = shlex.quote(str(run_dir))
     reproduce = [
-        f"python -m zirelia_local.train {source} --run-dir {run_dir}",
+        f"python -m zirelia_local.train {source} --run-dir {where}",
         "# or stage by stage:",
-        *[
-            f"zirelia {stage} {source} --run-dir {run_dir}"
-            for stage in ("dataset", "curate", "train", "critic", "report")
-        ],
+        *[f"zirelia {stage} {source} --run-dir {where}" for stage in STAGE_NAMES],
     ]
     selection = selection or {}
     settings = selection.get("settings")

@@ -57,6 +57,7 @@ def build_report_html(config: ZireliaConfig, report_dir: Path, *, now: datetime 
         anchor=identity.anchor(run_dir),
         cohesion=identity.cohesion(run_dir),
         training=sections.training(metrics),
+        preflight=sections.preflight(run_dir),
         curves=data_uri(curves, "image/png"),
         scores=sections.scores(selection),
         grids=sections.grids(records, selection, run_dir, report_dir),

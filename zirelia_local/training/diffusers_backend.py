@@ -58,8 +58,8 @@ from zirelia_local.training.diffusers_save import (
 from zirelia_local.training.flux_cache import CACHE_DIR, Example, FluxEncoder, encode_with_cache
 from zirelia_local.training.live_identity import EpochJudge, finished_early, start_live_curve
 from zirelia_local.training.live_samples import LiveSamples
-from zirelia_local.training.outputs import train_dir
-from zirelia_local.training.stage import TrainingResult
+from zirelia_local.training.outputs import TrainingResult, train_dir
+from zirelia_local.training.step_time import STEP_SECONDS, StepTimes
 
 if TYPE_CHECKING:
     import torch
@@ -266,7 +266,9 @@ def _train(
 
     total_examples = len(examples) * plan.num_repeats
     try:
-        with progress_bar("train", total=plan.total_steps, unit="step") as advance:
+        step_times = StepTimes()
+        # The bar quotes the median step time (training/step_time.py), not rich's own rate.
+        with progress_bar("train", total=plan.total_steps, unit="step", show_rate=False) as advance:
             advance(step)
             for epoch in range(start_epoch + 1, plan.epochs + 1):
                 order = torch.randperm(total_examples, generator=_epoch_generator(train.seed, epoch, 0))
@@ -323,10 +325,14 @@ def _train(
                             "epoch": epoch,
                             "loss": round(value, 6),
                             "lr": plan.learning_rate,
-                            "s_per_step": round(seconds, 4),
+                            STEP_SECONDS: round(seconds, 4),
                         },
                     )
-                    advance(1, status=f"epoch {epoch}/{plan.epochs} loss {sum(losses) / len(losses):.4f}")
+                    step_times.add(seconds)
+                    advance(
+                        1,
+                        status=f"epoch {epoch}/{plan.epochs} loss {sum(losses) / len(losses):.4f} {step_times.text()}",
+                    )
 
                 last = epoch == plan.epochs
                 saved = None

@@ -14,8 +14,7 @@ from zirelia_local.common.console import info
 from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import atomic_write_bytes
 from zirelia_local.training.diffusers_plan import MAX_GRAD_NORM, SIGMOID_SCALE, DiffusersTrainPlan
-from zirelia_local.training.outputs import epoch_lora_files
-from zirelia_local.training.stage import TrainingResult
+from zirelia_local.training.outputs import TrainingResult, epoch_lora_files
 
 if TYPE_CHECKING:
     import torch

@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import atomic_write_bytes
+from zirelia_local.common.images import ImageRefused, open_image
+from zirelia_local.common.paths import display_path
 
 if TYPE_CHECKING:
     import torch
@@ -63,8 +66,13 @@ def load_square_image(path: Path, resolution: int) -> torch.Tensor:
     import torch
     from PIL import Image
 
-    with Image.open(path) as opened:
-        image = opened.convert("RGB")
+    try:
+        image = open_image(path)
+    except ImageRefused as refused:
+        raise ZireliaError(
+            f"training image {display_path(path)} cannot be used: {refused.reason}",
+            hint="it changed after curation: rerun `zirelia curate CONFIG` to rebuild train_data/",
+        ) from None
     scale = resolution / min(image.size)
     size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
     if size != image.size:

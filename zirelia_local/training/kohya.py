@@ -19,6 +19,7 @@ from pathlib import Path
 from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import atomic_write_json, atomic_write_text
+from zirelia_local.common.paths import display_path, path_problem
 from zirelia_local.training.diagnose import FailureContext, diagnose_failure
 from zirelia_local.training.kohya_command import (
     PLACEHOLDER_SD_SCRIPTS,
@@ -50,11 +51,11 @@ from zirelia_local.training.live_identity import (
     start_live_curve,
 )
 from zirelia_local.training.messages import info, warn
-from zirelia_local.training.outputs import epoch_lora_files, read_epoch, train_dir
+from zirelia_local.training.model_files import merge_pending_files, resolve_model_files
+from zirelia_local.training.outputs import TrainingResult, epoch_lora_files, train_dir
 from zirelia_local.training.presets import PresetChoice, choose_preset, detect_local_gpus, report_choice
-from zirelia_local.training.resume import SavedState, list_states, newest_state
+from zirelia_local.training.resume import SavedState, completed_epoch, list_states, newest_state, preserve_final_epoch
 from zirelia_local.training.runner import Interrupted, run_streaming
-from zirelia_local.training.stage import TrainingResult
 
 LOG_FILE = "train.log"
 METRICS_FILE = "metrics.jsonl"
@@ -86,7 +87,7 @@ def train_kohya(
     output_dir = absolute(train_dir(config))
     if not dry_run and finished_early(config, output_dir) is not None:
         return TrainingResult(backend="kohya", output_dir=output_dir, epoch_files=epoch_lora_files(output_dir, name))
-    completed = _completed_epoch(output_dir, name)
+    completed = completed_epoch(output_dir, name)
     if completed is not None and completed >= config.train.epochs and not dry_run:
         # Nothing to launch, so nothing to check: a finished run needs no sd-scripts (e.g. rerun for the critic).
         files = epoch_lora_files(output_dir, name)
@@ -98,6 +99,10 @@ def train_kohya(
         return TrainingResult(backend="kohya", output_dir=output_dir, epoch_files=files)
 
     setup = _check_setup(config, dry_run=dry_run, script=script)
+    model_files = resolve_model_files(config)
+    for file in model_files.values():
+        if file.auto and file.problem is None:
+            info(f'[train] {file.key} = "auto": {file.detail}')
     batch_size, resolution, optimizer = train_settings(config, setup.choice.preset)
     report_choice(setup.choice, batch_size=batch_size, resolution=resolution, optimizer=optimizer)
     if setup.choice.preset.fp8_base and config.train.mixed_precision == "no":
@@ -138,7 +143,7 @@ def train_kohya(
         )
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    _preserve_final_epoch(output_dir, name, state)
+    preserve_final_epoch(output_dir, name, state)
     if state is not None:
         info(f"resuming from {state.label} (rerun after a stop): epochs {(state.epoch or 0) + 1}-{config.train.epochs}")
     elif epoch_lora_files(output_dir, name):
@@ -147,6 +152,7 @@ def train_kohya(
         output_dir / COMMAND_FILE, "#!/bin/sh\n# written by zirelia-local; secrets redacted\n" + shown + "\n"
     )
     atomic_write_json(output_dir / LAUNCH_FILE, record)
+    merge_pending_files(model_files)  # T5-XXL from text_encoder_2/'s shards, once; last, as it takes minutes
     return _launch(config, setup, plan, argv, shown, state, live)
 
 
@@ -172,8 +178,12 @@ def _check_setup(config: ZireliaConfig, *, dry_run: bool, script: Path | None) -
     folder = sd_scripts if sd_scripts is not None else PLACEHOLDER_SD_SCRIPTS
     python = find_python(config, sd_scripts)
     trainer = absolute(script) if script is not None else folder / SCRIPTS[model_type]
-    if not python.is_file():
-        problem(f"sd-scripts' Python {python} does not exist", "set [train] python to sd-scripts' venv interpreter")
+    python_problem = path_problem(python, "file")
+    if python_problem is not None:
+        problem(
+            f"sd-scripts' Python {display_path(python)} {python_problem}",
+            "set [train] python to sd-scripts' venv interpreter",
+        )
 
     missing = model_file_problems(config)
     if missing and dry_run:
@@ -181,7 +191,8 @@ def _check_setup(config: ZireliaConfig, *, dry_run: bool, script: Path | None) -
     elif missing:
         problem(
             "missing model file(s) for kohya training:\n  " + "\n  ".join(missing),
-            "set the paths in [train] (relative paths are read from the current folder)",
+            'run the download each "auto" line names, or set the paths in [train] (relative paths are read '
+            "from the current folder)",
         )
 
     probe = None
@@ -254,24 +265,6 @@ def _write_training_set(config: ZireliaConfig, *, batch_size: int, resolution: i
             hint="look at the curation report, or lower [curate] thresholds",
         )
     return training_set.dataset_toml, training_set.sample_prompts
-
-
-def _completed_epoch(output_dir: Path, name: str) -> int | None:
-    """The epoch of the final `<name>.safetensors`, if training wrote one."""
-    final = output_dir / f"{name}.safetensors"
-    return read_epoch(final) if final.is_file() else None
-
-
-def _preserve_final_epoch(output_dir: Path, name: str, state: SavedState | None) -> None:
-    """Before training on past a finished run (more epochs), keep its last LoRA under its epoch's name:
-    sd-scripts writes the new last epoch to `<name>.safetensors` again."""
-    epoch = _completed_epoch(output_dir, name)
-    if epoch is None or state is None:
-        return
-    target = output_dir / f"{name}-{epoch:06d}.safetensors"
-    if not target.exists():
-        os.replace(output_dir / f"{name}.safetensors", target)
-        info(f"kept the previous last epoch as {target.name}")
 
 
 def _launch_record(

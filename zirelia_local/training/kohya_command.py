@@ -25,6 +25,7 @@ from zirelia_local.training.kohya_flags import (
     SECRET_FLAGS,
     parser_flags,
 )
+from zirelia_local.training.model_files import resolve_model_files
 from zirelia_local.training.presets import VramPreset
 
 ArgValue = Union[bool, str, list[str]]  # noqa: UP007 (a runtime alias: py3.10 needs Union here)
@@ -80,16 +81,9 @@ def train_settings(config: ZireliaConfig, preset: VramPreset) -> tuple[int, int,
 
 
 def model_paths(config: ZireliaConfig) -> dict[str, str | None]:
-    """The model inputs of the model type: config key -> value (None when unset)."""
-    train = config.train
-    paths: dict[str, str | None] = {"pretrained_model": train.pretrained_model}
-    if train.model_type == "flux":
-        paths.update(
-            clip_l=str(train.clip_l) if train.clip_l else None,
-            t5xxl=str(train.t5xxl) if train.t5xxl else None,
-            ae=str(train.ae) if train.ae else None,
-        )
-    return paths
+    """The model inputs of the model type: config key -> value, "auto" resolved (None when unset or not
+    found; `model_files.resolve_model_files` says why)."""
+    return {key: file.value for key, file in resolve_model_files(config).items()}
 
 
 def looks_like_hub_id(value: str) -> bool:

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.errors import ZireliaError
-from zirelia_local.training.kohya_command import absolute, looks_like_hub_id, model_paths
+from zirelia_local.common.paths import display_path, path_problem
+from zirelia_local.training.kohya_command import absolute, looks_like_hub_id
 from zirelia_local.training.kohya_flags import SCRIPTS
+from zirelia_local.training.model_files import resolve_model_files
 from zirelia_local.training.presets import GpuInfo
 
 #: Modules sd-scripts imports at start (its requirements.txt, plus its own `library` package), and
@@ -95,8 +97,9 @@ def sd_scripts_problem(folder: Path | None, model_type: str) -> str | None:
     """Why `folder` cannot be used as the sd-scripts checkout for `model_type`, or None."""
     if folder is None:
         return "no sd-scripts checkout is configured ([train] sd_scripts or the ZIRELIA_SD_SCRIPTS variable)"
-    if not folder.is_dir():
-        return f"the sd-scripts folder {folder} does not exist"
+    problem = path_problem(folder, "folder")
+    if problem is not None:
+        return f"the sd-scripts folder {display_path(folder)} {problem}"
     script = SCRIPTS[model_type]
     if not (folder / "library" / "train_util.py").is_file():
         return f"{folder} is not an sd-scripts checkout (no library/train_util.py)"
@@ -183,7 +186,7 @@ def probe_problems(probe: Probe, python: Path, sd_scripts: Path, *, optional: tu
 
 
 _MODEL_HINTS = {
-    "pretrained_model": "flux1-dev.safetensors from black-forest-labs/FLUX.1-dev (not the diffusers subfolders)",
+    "pretrained_model": "flux1-dev.safetensors from black-forest-labs/FLUX.1-dev",
     "clip_l": "clip_l.safetensors from comfyanonymous/flux_text_encoders",
     "t5xxl": "t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn.safetensors) from comfyanonymous/flux_text_encoders",
     "ae": "ae.safetensors from black-forest-labs/FLUX.1-dev",
@@ -191,10 +194,14 @@ _MODEL_HINTS = {
 
 
 def model_file_problems(config: ZireliaConfig) -> list[str]:
-    """One line per model input that is unset, missing or a truncated safetensors file."""
+    """One line per model input that is unset, not found, or a truncated safetensors file."""
     problems = []
-    for key, value in model_paths(config).items():
+    for key, file in resolve_model_files(config).items():
         where = f"[train] {key}"
+        if file.auto and file.problem is not None:
+            problems.append(f'{where} = "auto": {file.problem}; {file.fix}')
+            continue
+        value = file.value
         if value is None:
             hint = (
                 _MODEL_HINTS.get(key, "a checkpoint file or diffusers folder")
@@ -203,11 +210,15 @@ def model_file_problems(config: ZireliaConfig) -> list[str]:
             )
             problems.append(f"{where} is not set" + (f" (expected {hint})" if hint else ""))
             continue
+        if file.merge is not None:
+            continue  # T5-XXL merged from shards that were just checked; the merge runs before the launch
         if key == "pretrained_model" and config.train.model_type != "flux" and looks_like_hub_id(value):
             continue  # SDXL / SD1.5 accept a hub id; sd-scripts downloads it
         path = absolute(value)
         if not path.exists():
             problems.append(f"{where} = {value!r}: {path} does not exist" + _expected(config, key))
+        elif key in ("clip_l", "t5xxl", "ae") and not path.is_file():
+            problems.append(f"{where} = {value!r}: {path} {path_problem(path, 'file')}" + _expected(config, key))
         elif path.is_file() and path.suffix == ".safetensors":
             damage = safetensors_damage(path)
             if damage:
@@ -216,7 +227,9 @@ def model_file_problems(config: ZireliaConfig) -> list[str]:
 
 
 def _expected(config: ZireliaConfig, key: str) -> str:
-    return f" (expected {_MODEL_HINTS[key]})" if config.train.model_type == "flux" and key in _MODEL_HINTS else ""
+    if config.train.model_type != "flux" or key not in _MODEL_HINTS:
+        return ""
+    return f' (expected {_MODEL_HINTS[key]}; or drop the key: "auto" finds it in [generator] model\'s download)'
 
 
 def safetensors_damage(path: Path) -> str | None:

@@ -30,7 +30,9 @@ class StepProgress:
     percent: int
     elapsed: str | None = None
     remaining: str | None = None
-    seconds_per_step: float | None = None
+    #: tqdm's rate as seconds per step: sd-scripts makes its bar with smoothing=0, so this is the running
+    #: average since the bar started (elapsed / steps), not the last step's own time
+    avg_seconds_per_step: float | None = None
     postfix: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -49,7 +51,7 @@ def parse_progress(segment: str) -> StepProgress | None:
         return None
     parts = [part.strip() for part in match.group("info").split(",")]
     elapsed = remaining = None
-    seconds_per_step = None
+    avg_seconds_per_step = None
     postfix: dict[str, str] = {}
     if parts and "<" in parts[0]:
         elapsed, remaining = (piece.strip() for piece in parts[0].split("<", 1))
@@ -58,7 +60,7 @@ def parse_progress(segment: str) -> StepProgress | None:
         if rate:
             value = float(rate.group("value"))
             if value > 0:
-                seconds_per_step = value if rate.group("unit") == "s/it" else 1.0 / value
+                avg_seconds_per_step = value if rate.group("unit") == "s/it" else 1.0 / value
         elif "=" in part:
             key, value = part.split("=", 1)
             postfix[key.strip()] = value.strip()
@@ -68,7 +70,7 @@ def parse_progress(segment: str) -> StepProgress | None:
         percent=int(match.group("percent")),
         elapsed=elapsed,
         remaining=None if remaining in (None, "?") else remaining,
-        seconds_per_step=seconds_per_step,
+        avg_seconds_per_step=avg_seconds_per_step,
         postfix=postfix,
     )
 

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.files import append_jsonl, atomic_write_json, read_json_object
+from zirelia_local.common.images import ImageRefused, open_image
 from zirelia_local.training.messages import info, warn
 
 SAMPLE_DIR = "sample"
@@ -76,12 +77,9 @@ def sample_file_name(name: str, epoch: int, index: int, seed: int) -> str:
 
 def _readable_image(path: Path) -> bool:
     """True when the PNG decodes whole (sd-scripts writes samples in place: one may still be growing)."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as image:
-            image.load()
-    except (OSError, ValueError, SyntaxError):
+        open_image(path)
+    except ImageRefused:
         return False
     return True
 

@@ -9,12 +9,24 @@ in the safetensors metadata key `ss_epoch`, which is how the last file's epoch i
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zirelia_local.common.config import ZireliaConfig
 
 TRAIN_DIR = "train"
 _EPOCH_FILE = re.compile(r"^(?P<name>.+)-(?P<epoch>\d{6})\.safetensors$")
+
+
+@dataclass
+class TrainingResult:
+    """What a training run left: the backend, its output folder and the LoRA file of every saved epoch."""
+
+    backend: str
+    output_dir: Path
+    #: epoch -> LoRA file, as `epoch_lora_files` lists them
+    epoch_files: dict[int, Path] = field(default_factory=dict)
+    dry_run: bool = False
 
 
 def train_dir(config: ZireliaConfig) -> Path:

@@ -10,9 +10,13 @@ skipped. The epoch comes from train_state.json (the name of `<name>-state` carri
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from zirelia_local.training.messages import info
+from zirelia_local.training.outputs import read_epoch
 
 TRAIN_STATE_FILE = "train_state.json"
 
@@ -78,3 +82,21 @@ def newest_state(folder: Path, name: str) -> SavedState | None:
 def _order(state: SavedState) -> tuple[int, int, float]:
     mtime = state.path.stat().st_mtime
     return (state.epoch if state.epoch is not None else -1, state.step if state.step is not None else -1, mtime)
+
+
+def completed_epoch(output_dir: Path, name: str) -> int | None:
+    """The epoch of the final `<name>.safetensors`, if training wrote one."""
+    final = output_dir / f"{name}.safetensors"
+    return read_epoch(final) if final.is_file() else None
+
+
+def preserve_final_epoch(output_dir: Path, name: str, state: SavedState | None) -> None:
+    """Before training on past a finished run (more epochs), keep its last LoRA under its epoch's name:
+    sd-scripts writes the new last epoch to `<name>.safetensors` again."""
+    epoch = completed_epoch(output_dir, name)
+    if epoch is None or state is None:
+        return
+    target = output_dir / f"{name}-{epoch:06d}.safetensors"
+    if not target.exists():
+        os.replace(output_dir / f"{name}.safetensors", target)
+        info(f"kept the previous last epoch as {target.name}")

@@ -4,6 +4,11 @@ Both of the child's streams go through one pipe so their order is kept; every `\
 is parsed (`kohya_log`), written (secrets redacted) to the run's `train/train.log`, and each new step becomes
 a line of `train/metrics.jsonl` and a move of our progress bar.
 
+A step's own duration (`step_seconds`) is the time between the moments its step line and the one before it
+(the bar's `0/N` drawing, for the first) reached us; tqdm's `s/it` is sd-scripts' running average and is
+kept apart as `avg_step_seconds`. The first step of an epoch also holds the previous epoch's save (and its
+sample images): `training/step_time.py` quotes the median, which such a step does not move.
+
 The child runs in its own process group: Ctrl-C reaches only us, and we forward SIGINT to the whole
 group (accelerate's launcher and the trainer it starts), keep draining its output while it exits, and
 escalate to SIGTERM, then SIGKILL, if it does not.
@@ -37,6 +42,7 @@ from zirelia_local.training.kohya_log import (
     split_segments,
 )
 from zirelia_local.training.messages import info
+from zirelia_local.training.step_time import STEP_SECONDS, StepTimes
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +83,7 @@ class OutputTracker:
         step_offset: int = 0,
         open_bar: Callable[[int], Advance] | None = None,
         on_saved: Callable[[Path], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log = log
         self.metrics_path = metrics_path
@@ -88,9 +95,13 @@ class OutputTracker:
         #: the latest drawing of the current step, and when the step was first drawn (= when it ended)
         self._pending: tuple[StepProgress, str, float] | None = None
         self._recorded_step = 0
+        #: (step, when its line first reached us) of the last step line, the bar's `0/N` drawing included
+        self._last_step_line: tuple[int, float] | None = None
+        self.step_times = StepTimes()
         self._bar: Advance | None = None
         self._bar_position = 0
-        self._started = time.monotonic()
+        self._clock = clock
+        self._started = clock()
 
     def feed(self, segment: str) -> None:
         segment = redact(segment.rstrip())
@@ -142,7 +153,7 @@ class OutputTracker:
         # this step's avr_loss. The last drawing of a step is the one recorded, once the next one starts.
         if self._pending is not None and self._pending[0].step != progress.step:
             self._flush_step()
-        ended = self._pending[2] if self._pending is not None else time.monotonic()
+        ended = self._pending[2] if self._pending is not None else self._clock()
         self._pending = (progress, segment, ended)
         step = self.step_offset + progress.step
         self.outcome.step = step
@@ -161,15 +172,25 @@ class OutputTracker:
         progress, segment, ended = self._pending
         self._pending = None
         self._write(segment)
+        if progress.step == 0:
+            self._last_step_line = (0, ended)  # the bar is drawn as the training loop starts
         if progress.step <= self._recorded_step:
             return  # step 0, or tqdm's closing redraw of the last step
         self._recorded_step = progress.step
+        step_seconds = None
+        if self._last_step_line is not None and progress.step > self._last_step_line[0]:
+            # tqdm skips drawings less than 0.1 s apart: a gap of several steps shares its time evenly.
+            previous_step, previous_time = self._last_step_line
+            step_seconds = round((ended - previous_time) / (progress.step - previous_step), 4)
+        self._last_step_line = (progress.step, ended)
+        self.step_times.add(step_seconds)
         record: dict[str, object] = {
             "step": self.step_offset + progress.step,
             "total_steps": progress.total,
             "epoch": self.outcome.epoch,
             "avr_loss": progress.avr_loss,
-            "seconds_per_step": progress.seconds_per_step,
+            STEP_SECONDS: step_seconds,
+            "avg_step_seconds": progress.avg_seconds_per_step,
             "elapsed_s": round(ended - self._started, 3),
         }
         append_jsonl(self.metrics_path, record)
@@ -183,6 +204,8 @@ class OutputTracker:
             parts.append(f"epoch {self.outcome.epoch}/{self.outcome.epochs_total}")
         if self.outcome.last_loss is not None:
             parts.append(f"loss {self.outcome.last_loss:.4f}")
+        if self.step_times.durations:
+            parts.append(self.step_times.text())
         self._bar(max(amount, 0), status="  ".join(parts))
 
 
@@ -240,7 +263,8 @@ def run_streaming(
         log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {redact(shown)}\n")
 
         def open_bar(total: int) -> Advance:
-            return stack.enter_context(progress_bar(description, total, unit="step"))
+            # The bar quotes the median step time (training/step_time.py), not rich's own rate.
+            return stack.enter_context(progress_bar(description, total, unit="step", show_rate=False))
 
         tracker = OutputTracker(log, metrics_path, step_offset=step_offset, open_bar=open_bar, on_saved=on_saved)
         process = subprocess.Popen(

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zirelia_local.common.config import ZireliaConfig
+from zirelia_local.training.outputs import TrainingResult
 
 if TYPE_CHECKING:
     from zirelia_local.training.live_identity import EpochJudge
-
-
-@dataclass
-class TrainingResult:
-    backend: str
-    output_dir: Path
-    #: epoch -> LoRA file, as `outputs.epoch_lora_files` lists them
-    epoch_files: dict[int, Path] = field(default_factory=dict)
-    dry_run: bool = False
 
 
 def run_training(config: ZireliaConfig, *, dry_run: bool = False, live: EpochJudge | None = None) -> TrainingResult:
