@@ -28,9 +28,10 @@ def run_checked(
     even created); their result is recorded under the lock, where the report finds it.
     """
     from zirelia_local.common.processes import is_main_process
-    from zirelia_local.common.rundir import run_lock
+    from zirelia_local.common.rundir import require_usable_run_dir, run_lock
     from zirelia_local.doctor.preflight import record_preflight, run_preflight
 
+    require_usable_run_dir(config.run_dir)  # a run directory that cannot be one is a usage error (exit 2)
     result = run_preflight(config, stages, skip=skip_checks)
     with run_lock(config.run_dir):
         if is_main_process():  # under a launch of several processes, one record for them all

@@ -63,6 +63,14 @@ def run_dir_write_problem(run_dir: Path) -> str | None:
     return None
 
 
+def require_usable_run_dir(run_dir: Path) -> None:
+    """A UsageError (exit 2) naming `run_dir` when it cannot be a run directory, found without creating
+    anything: commands call it before their pre-flight, so a wrong --run-dir is a usage error, said first."""
+    problem = run_dir_write_problem(run_dir)
+    if problem is not None:
+        raise _unusable(run_dir, problem)
+
+
 def _unusable(run_dir: Path, what: str) -> UsageError:
     return UsageError(f"cannot use {display_path(run_dir)} as the run directory: {what}", hint=RUN_DIR_HINT)
 

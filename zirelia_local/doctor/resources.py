@@ -86,6 +86,21 @@ def critic_clip_check(config: ZireliaConfig) -> Check:
     return warn(name, f"open_clip tag {source!r}: fetched from the hub on first use", "")
 
 
+def reference_images_check(config: ZireliaConfig) -> Check | None:
+    """[curate] reference_images, read as curation reads them (header only: every photo must be an image the
+    one image opener accepts); None when none are configured."""
+    from zirelia_local.curate import check_reference_images
+
+    photos = config.curate.reference_images
+    if not photos:
+        return None
+    try:
+        check_reference_images(photos)
+    except ZireliaError as error:
+        return fail("reference images", error.message, error.hint or "")
+    return ok("reference images", f"{len(photos)} photo(s)")
+
+
 def run_dir_check(run_dir: Path) -> Check:
     """The run directory can be written: it is a folder we can create files in, or it will be created in its
     nearest existing parent, which must be one (`common.rundir.run_dir_write_problem`: probed with an unnamed

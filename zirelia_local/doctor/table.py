@@ -35,7 +35,13 @@ from zirelia_local.doctor.models import (
     kontext_model_check,
     kontext_stages,
 )
-from zirelia_local.doctor.resources import critic_clip_check, disk_checks, embedder_check, run_dir_check
+from zirelia_local.doctor.resources import (
+    critic_clip_check,
+    disk_checks,
+    embedder_check,
+    reference_images_check,
+    run_dir_check,
+)
 
 
 def collect_checks(
@@ -118,6 +124,10 @@ def _checks_in_order(
             checks.append(ok("training backend", "diffusers (built in; no sd-scripts needed)"))
     if not FACE_STAGES.isdisjoint(chosen):
         checks.append(embedder_check(config.curate, gpus))
+    if "curate" in chosen:
+        reference_row = reference_images_check(config)
+        if reference_row is not None:
+            checks.append(reference_row)
     if "critic" in chosen:
         checks.append(critic_clip_check(config))
     # Every stage writes into the run directory (the report too).
