@@ -135,8 +135,11 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
 def _steps(config: Any) -> dict[str, Any]:
     from zirelia_local.common.files import read_jsonl
     from zirelia_local.training.outputs import train_dir
+    from zirelia_local.training.step_time import STEP_SECONDS, median_from_metrics
 
-    records = [r for r in read_jsonl(train_dir(config) / "metrics.jsonl") if r.get("seconds_per_step")]
-    if not records:
-        raise RuntimeError("sd-scripts reported no step rate (no progress line with s/it or it/s)")
-    return {"s_per_step": round(records[-1]["seconds_per_step"], 3), "steps": records[-1].get("step")}
+    records = [r for r in read_jsonl(train_dir(config) / "metrics.jsonl") if r.get(STEP_SECONDS) is not None]
+    median = median_from_metrics(records)
+    if median is None:
+        raise RuntimeError("sd-scripts reported no step (no progress line with a step count)")
+    # The median of each step's own duration, as the progress bar and the report quote it.
+    return {"s_per_step": round(median, 3), "steps": records[-1].get("step")}

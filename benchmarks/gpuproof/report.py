@@ -129,7 +129,7 @@ def page(info: dict[str, str], cases: list[Case], stages: list[Stage], notes: li
     )
     lines += _section(
         "(c) Training, sd-scripts through the kohya launcher",
-        "LoRA rank 32, 1024 px dataset, the preset's batch and resolution; s/step is sd-scripts' progress rate. "
+        "LoRA rank 32, 1024 px dataset, the preset's batch and resolution; s/step is the median of each step's own duration (step_seconds). "
         "sd-scripts' peak is the device's used memory while it ran, less this process's own.",
         ["preset", "s/step", "wall s", "sd-scripts peak GiB", "fits the preset's card", "status"],
         [_kohya_row(c) for c in by["kohya"]],

@@ -65,10 +65,15 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
     )
     write_training_images(config, images, resolution)
     started = time.perf_counter()
+    from zirelia_local.training.step_time import STEP_SECONDS
+
     run_training(config)
     wall = time.perf_counter() - started
     out = train_dir(config)
-    steps = [record["s_per_step"] for record in read_jsonl(out / "metrics.jsonl") if "s_per_step" in record]
+    # Each step's own duration, as the trainer records it (training/step_time.py).
+    steps = [
+        record[STEP_SECONDS] for record in read_jsonl(out / "metrics.jsonl") if record.get(STEP_SECONDS) is not None
+    ]
     if len(steps) < 2:
         raise RuntimeError(f"the backend recorded {len(steps)} step time(s) in {out / 'metrics.jsonl'}")
     lora = out / f"{config.lora_name}.safetensors"
