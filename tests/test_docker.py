@@ -131,14 +131,20 @@ def test_onnxruntime_telemetry_is_off_and_the_variable_is_the_one_onnxruntime_re
     # The installed onnxruntime (the dev extra's CPU build; the image's GPU build shares its telemetry code):
     # importing it writes a device id under $XDG_CACHE_HOME/Microsoft unless the variable is set.
     pytest.importorskip("onnxruntime")
-    for disabled in (False, True):
+    wrote = {}
+    for disabled in (True, False):
         cache = tmp_path / f"cache-{disabled}"
         env = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(cache)}
         env.pop("ORT_DISABLE_TELEMETRY", None)
         if disabled:
             env["ORT_DISABLE_TELEMETRY"] = "1"
         subprocess.run([sys.executable, "-c", "import onnxruntime"], env=env, check=True, timeout=120)
-        assert (cache / "Microsoft").exists() is not disabled
+        wrote[disabled] = sorted(str(path.relative_to(cache)) for path in cache.rglob("*")) if cache.exists() else []
+    assert wrote[True] == [], wrote[True]  # with the variable: nothing written, on every machine
+    # Without it some machines' onnxruntime writes nothing either (seen on a CI machine with 1.32.0); where it
+    # does write, what it writes is the device id the variable suppresses.
+    if wrote[False]:
+        assert any(name.startswith("Microsoft") and name.endswith("deviceid") for name in wrote[False]), wrote[False]
 
 
 def test_bitsandbytes_is_installed_in_the_projects_environment() -> None:
