@@ -78,3 +78,49 @@ def test_demo_generate_rejects_every_image_honestly_and_a_rerun_draws_nothing(de
         assert pixels.std() > 20
         red = (pixels[..., 0] > 170) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)
         assert red.sum() > 2000
+
+
+@pytest.mark.slow
+def test_two_processes_draw_and_record_what_one_process_does(demo_run, tmp_path):
+    # `zirelia generate --num-processes 2` (accelerate launch, two CPU processes on gloo) against one process,
+    # one thread each (torch's CPU results depend on the thread count). One image per batch, so the four
+    # images split two and two.
+    config = tmp_path / "demo.toml"
+    config.write_text(DEMO.read_text().replace("batch_size = 4", "batch_size = 1"))
+    request = ["--prompt", "reading in a cafe", "--prompt", "walking a dog", "--count", "2", "--keep-rejected"]
+
+    def generate_into(out, *extra):
+        command = ["-m", "zirelia_local", "generate", str(config), "--run-dir", str(demo_run), "--out", str(out)]
+        return run_cli([*command, *request, *extra], env={"OMP_NUM_THREADS": "1", "COLUMNS": "250"}, timeout=900)
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = generate_into(one)
+    assert single.returncode == 1, single.stderr[-3000:]
+    launched = generate_into(two, "--num-processes", "2")
+    # Exit 1 as one process's (no face on the tiny model: every image rejected), through the launcher.
+    assert launched.returncode == 1, launched.stdout[-3000:] + launched.stderr[-3000:]
+    said = " ".join(launched.stderr.split())
+    # Each process exits 0 once the request is finished, so torchrun reports no crash; the shortcut exits 1.
+    assert "Traceback" not in said and "ChildFailedError" not in said, said[-3000:]
+    assert "launching 2 processes" in said and "split across 2 processes" in said
+    assert said.count("generate: 0 of 4 images accepted") == 1  # the summary once, from the main process
+
+    def files(folder):
+        return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*.png"))}
+
+    # The same attempts (4 images x 2 tries), byte for byte, and the same records in the same order.
+    assert len(files(one)) == 8 and files(one) == files(two)
+    records = [list(read_jsonl(out / "results.jsonl")) for out in (one, two)]
+    assert len(records[0]) == 8 and records[0] == records[1]
+    assert sorted(path.name for path in (two / "attempts").iterdir()) == sorted(
+        path.name for path in (one / "attempts").iterdir()
+    )
+    assert (two / "index.html").is_file() and (one / "generate.json").read_bytes() == (
+        two / "generate.json"
+    ).read_bytes()
+    assert_no_temp_files(two)
+
+    # A rerun on two processes finds every image done and draws nothing.
+    again = generate_into(two, "--num-processes", "2")
+    assert again.returncode == 1 and "nothing left to draw" in " ".join(again.stderr.split())
+    assert list(read_jsonl(two / "results.jsonl")) == records[1]

@@ -79,6 +79,19 @@ def _cases() -> list:
             1,
             id="doctor: unwritable run dir, file as sd_scripts",
         ),
+        *(
+            pytest.param(
+                ["-m", "zirelia_local", stage, "{base}/zirelia.toml", *extra, "--num-processes", value],
+                ["--num-processes", message],
+                2,
+                id=f"{stage}: --num-processes {value}",
+            )
+            for stage, extra, value, message in (
+                ("run", [], "0", "must be at least 1"),
+                ("train", ["--dry-run"], "-1", "must be at least 1"),
+                ("generate", ["--prompt", "x"], "two", "'two' is not a whole number"),
+            )
+        ),
         pytest.param(
             ["-m", "zirelia_local", "config-reference", "{base}/a_file"],
             ["{base}/a_file"],

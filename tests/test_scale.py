@@ -92,6 +92,21 @@ def test_a_child_of_the_launch_gets_no_ranks_and_the_shortcut_launches_on_the_cp
         str(tmp_path / "a.toml"),
     ]
     assert "--cpu" in launch_argv(tmp_path / "a.toml", 1, cpu=True)
+    generate = launch_argv(tmp_path / "a.toml", 2, cpu=True, extra=["--prompt", "x"], command="generate")
+    assert generate[-5:] == ["zirelia_local", "generate", str(tmp_path / "a.toml"), "--prompt", "x"]
+
+
+def test_each_process_of_a_generate_launch_gets_the_command_line_it_was_given(tmp_path):
+    from zirelia_local.cli import _generate_flags, build_parser
+
+    parser = build_parser()
+    given = ["generate", "a.toml", "--prompt", "a cafe", "--prompt=--a dash", "--prompts", "p.txt", "--count", "3"]
+    given += ["--seed", "0", "--scale", "0.8", "--out", str(tmp_path), "--max-retries", "0", "--keep-rejected"]
+    given += ["--run-dir", "r", "--skip-checks", "-v", "--num-processes", "4", "--lora", "l.safetensors"]
+    args = parser.parse_args(given)
+    again = parser.parse_args(["generate", "a.toml", *_generate_flags(args)])
+    assert vars(again) | {"num_processes": 4, "action": None} == vars(args) | {"action": None}
+    assert again.prompt == ["a cafe", "--a dash"] and again.num_processes == 1  # each process is one process
 
 
 def test_several_configs_take_no_single_run_dir(tmp_path):

@@ -73,6 +73,17 @@ def run_guarded(action: Callable[[], int | None]) -> int:
     return int(code or 0)
 
 
+def process_count(text: str) -> int:
+    """The value of a --num-processes flag: a whole number of at least 1 (else argparse's exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
 def _add_common(parser: argparse.ArgumentParser, *, config_required: bool = True) -> None:
     if config_required:
         parser.add_argument("config", type=Path, help="the run's TOML config, e.g. configs/sienna.toml")
@@ -182,7 +193,9 @@ def _cmd_generate(config, args) -> int:
     )
     prompts = [*args.prompt, *(read_prompts_file(args.prompts) if args.prompts else [])]
     name = args.prompts.stem if args.prompts else None
-    return run_generate(config, prompts, out=args.out, name=name).exit_code
+    from zirelia_local.scale import finished_exit_code
+
+    return finished_exit_code(run_generate(config, prompts, out=args.out, name=name).exit_code)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -250,6 +263,47 @@ def _add_generate(command: argparse.ArgumentParser) -> None:
     add("--out", type=Path, metavar="DIR", help="output folder (default: <run_dir>/generated/<prompt>-<hash>/)")
     add("--max-retries", type=int, metavar="N", help="retries of a rejected image ([critic] max_retries, 3)")
     add("--keep-rejected", action="store_true", help="keep rejected attempts' images under rejected/")
+    add(
+        "--num-processes",
+        type=process_count,
+        default=1,
+        metavar="N",
+        help="processes (GPUs) to split the images across: runs the command under accelerate launch",
+    )
+
+
+def _generate_flags(args: argparse.Namespace) -> list[str]:
+    """The command line of `zirelia generate` again, for each process of the launch `--num-processes` starts."""
+    # --flag=value: a value that starts with "-" (a prompt, a path) is not taken for a flag
+    flags = [f"--prompt={text}" for text in args.prompt]
+    for flag, value in (
+        ("--prompts", args.prompts),
+        ("--count", args.count),
+        ("--seed", args.seed),
+        ("--lora", args.lora),
+        ("--scale", args.scale),
+        ("--out", args.out),
+        ("--max-retries", args.max_retries),
+        ("--run-dir", args.run_dir),
+    ):
+        if value is not None:
+            flags.append(f"{flag}={value}")
+    for flag, on in (
+        ("--keep-rejected", args.keep_rejected),
+        ("--skip-checks", args.skip_checks),
+        ("-v", args.verbose),
+    ):
+        flags += [flag] if on else []
+    return flags
+
+
+def _generate_action(args: argparse.Namespace) -> int | None:
+    """`zirelia generate`: here, or under `accelerate launch` of `--num-processes` processes."""
+    if args.num_processes > 1:
+        from zirelia_local.scale import run_launched
+
+        return run_launched(_load(args), args.num_processes, _generate_flags(args), command="generate")
+    return _locked(args, _cmd_generate, ("critic",))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true", help="show debug logs of zirelia and the libraries")
     run.add_argument(
         "--num-processes",
-        type=int,
+        type=process_count,
         default=1,
         help="processes (GPUs) to split the images across: runs the job under accelerate launch (docs/scaling.md)",
     )
@@ -297,19 +351,22 @@ def build_parser() -> argparse.ArgumentParser:
     train = stage("train", "train the LoRA (kohya sd-scripts or the diffusers backend)", _cmd_train)
     train.add_argument("--dry-run", action="store_true", help="print the training command and exit")
     train.add_argument(
-        "--num-processes", type=int, default=None, help="override [train] num_processes (accelerate --num_processes)"
+        "--num-processes",
+        type=process_count,
+        default=None,
+        help="override [train] num_processes (accelerate --num_processes)",
     )
     stage("critic", "score every saved epoch, retry failures, pick the best", _cmd_critic)
     stage("report", "write the HTML report of the run", _cmd_report)
     # generate needs what the critic needs: the base model, the face embedder, the CLIP weights
-    _add_generate(
-        stage(
-            "generate",
-            "draw new images of the persona with the LoRA, each passed by the critic",
-            _cmd_generate,
-            ("critic",),
-        )
+    generate = stage(
+        "generate",
+        "draw new images of the persona with the LoRA, each passed by the critic",
+        _cmd_generate,
+        ("critic",),
     )
+    _add_generate(generate)
+    generate.set_defaults(action=_generate_action)
 
     doctor = sub.add_parser(
         "doctor", help="check what a run needs on this machine", description="check what a run needs"

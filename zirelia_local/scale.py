@@ -12,8 +12,10 @@ built-in diffusers backend trains on one device.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,8 +65,11 @@ def _train_in_child(config: ZireliaConfig) -> str | None:
     return None if code == 0 else f"training stopped with exit code {code}"
 
 
-def launch_argv(config_path: Path, num_processes: int, *, cpu: bool, extra: Sequence[str] = ()) -> list[str]:
-    """`accelerate launch` of the whole job on `num_processes` processes of this machine (the shortcut)."""
+def launch_argv(
+    config_path: Path, num_processes: int, *, cpu: bool, extra: Sequence[str] = (), command: str | None = None
+) -> list[str]:
+    """`accelerate launch` of the whole job (or of one `zirelia` `command`) on `num_processes` processes of this
+    machine (the shortcut)."""
     flags = ["--num_processes", str(num_processes), "--num_machines", "1", "--dynamo_backend", "no"]
     if num_processes > 1:
         flags.append("--multi_gpu")  # torchrun; on the CPU with ACCELERATE_USE_CPU (run_launched), gloo
@@ -76,21 +81,49 @@ def launch_argv(config_path: Path, num_processes: int, *, cpu: bool, extra: Sequ
         "accelerate.commands.launch",
         *flags,
         "-m",
-        "zirelia_local.train",
+        *(["zirelia_local.train"] if command is None else ["zirelia_local", command]),
         str(config_path),
         *extra,
     ]
 
 
-def run_launched(config: ZireliaConfig, num_processes: int, extra: Sequence[str] = ()) -> int:
-    """`zirelia run CONFIG --num-processes N`: the whole job under `accelerate launch`; its exit code."""
+#: Where the main process of a launch the shortcut started writes the command's own exit code (see
+#: `finished_exit_code`).
+EXIT_CODE_FILE_ENV = "ZIRELIA_EXIT_CODE_FILE"
+
+
+def finished_exit_code(code: int) -> int:
+    """The exit code of a command that finished its work with `code` (1: some images were not accepted).
+
+    Under a launch of several processes a finished command exits 0 on every process: torchrun takes any other
+    code for a crash, stops the other processes and prints a traceback of its own. The code is then written
+    for the shortcut that started the launch (`run_launched`), which exits with it; by hand, the summary says
+    what the code would have said."""
+    if not is_distributed():
+        return code
+    target = os.environ.get(EXIT_CODE_FILE_ENV)
+    if target and is_main_process():
+        Path(target).write_text(str(code))
+    return 0
+
+
+def run_launched(
+    config: ZireliaConfig, num_processes: int, extra: Sequence[str] = (), *, command: str | None = None
+) -> int:
+    """`zirelia run CONFIG --num-processes N` (or `zirelia generate ... --num-processes N`): the whole job (or
+    that command) under `accelerate launch`; its exit code."""
     if config.source is None:
         raise ZireliaError("--num-processes needs a config file", hint="pass the TOML file's path")
     cpu = config.generator.device == "cpu"
-    argv = launch_argv(config.source, num_processes, cpu=cpu, extra=extra)
+    argv = launch_argv(config.source, num_processes, cpu=cpu, extra=extra, command=command)
     info(f"launching {num_processes} processes: accelerate launch {' '.join(argv[3:])}")
     env = single_process_env() | ({"ACCELERATE_USE_CPU": "true"} if cpu else {})
-    return subprocess.run(argv, env=env, check=False).returncode
+    with tempfile.TemporaryDirectory(prefix="zirelia-launch-") as folder:
+        exit_file = Path(folder) / "exit-code"
+        code = subprocess.run(argv, env=env | {EXIT_CODE_FILE_ENV: str(exit_file)}, check=False).returncode
+        if code == 0 and exit_file.is_file():
+            return int(exit_file.read_text() or 0)
+    return code
 
 
 @dataclass

@@ -15,6 +15,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,14 @@ from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.console import info, warn
 from zirelia_local.common.errors import ConfigError
 from zirelia_local.common.files import atomic_write_bytes, png_bytes, sha256_bytes
+from zirelia_local.common.processes import (
+    gather_json,
+    is_distributed,
+    is_main_process,
+    launched_processes,
+    share_of,
+    wait_for_everyone,
+)
 from zirelia_local.critic import (
     Attempt,
     Critic,
@@ -39,6 +48,8 @@ from zirelia_local.generate.prompts import GenerationItem, PromptSpec, expand_it
 from zirelia_local.generate.results import GeneratedImage, GenerateResult, failure_lines, print_summary
 from zirelia_local.generate.sources import LoraChoice, choose_lora, draw_config, settings, settings_key
 from zirelia_local.generate.store import (
+    GALLERY_NAME,
+    RESULTS_NAME,
     accepted_path,
     claim_folder,
     dumps_scores,
@@ -74,6 +85,10 @@ def _lora_name(lora: LoraChoice, run_dir: Path) -> str:
         return str(lora.path)
 
 
+def _quiet(message: str) -> None:
+    """What the main process says for every process of a launch."""
+
+
 def run_generate(
     config: ZireliaConfig,
     prompts: Sequence[str | PromptSpec] | None = None,
@@ -102,23 +117,53 @@ def run_generate(
     values = settings(draw, lora)
     key = settings_key(values)
     out = Path(out).expanduser() if out is not None else default_out(config, specs, key, name)
-    claim_folder(out, key, values)
-    state = resume_state(out, items, draw)
-    remove_orphan_images(out)
+    # Under a launch of several processes the main process claims the folder and sweeps what a killed run
+    # left; then every process replays the same records (a pure read once swept) and draws its share.
+    if is_main_process():
+        claim_folder(out, key, values)
+        state = resume_state(out, items, draw)
+        remove_orphan_images(out)
+    wait_for_everyone()
+    if not is_main_process():
+        state = resume_state(out, items, draw)
     pending = [item for item in items if item.key not in state.done]
     lora_name = _lora_name(lora, config.run_dir)
-    info(
+    say = info if is_main_process() else _quiet  # one announcement for the whole launch
+    say(
         escape(
             f"generate: {len(items)} image(s) of {len(specs)} prompt(s) -> {out}; LoRA {lora_name} at scale "
             f"{lora.scale:g} ({lora.scale_source}); at most {draw.critic.max_retries} "
             f"{'retry' if draw.critic.max_retries == 1 else 'retries'} per image"
         )
         + (f"; {len(items) - len(pending)} already done" if len(pending) < len(items) else "")
+        + (f"; split across {launched_processes()} processes" if is_distributed() and pending else "")
     )
-    drawn, seconds = _draw(draw, renderer, lora, lora_name, out, pending, state) if pending else (0, 0.0)
-    result = _finish(draw, items, state.records, out, lora, lora_name, values, drawn, seconds)
-    result.finished = len(pending)
-    print_summary(result)
+    # Whole batches per process: each image is the one a single process draws for the same seed.
+    mine = share_of(pending, unit=draw.generator.batch_size)
+    drawn, seconds = _draw(draw, renderer, lora, lora_name, out, mine, state) if mine else (0, 0.0)
+    if is_distributed():
+        counts = gather_json([drawn, seconds])  # every process has written its attempts when this returns
+        drawn, seconds = sum(count for count, _ in counts), max(elapsed for _, elapsed in counts)
+        state = resume_state(out, items, draw)  # every process's records, read back from their files
+    collected = _collect(items, state.records, out)
+    if is_main_process():
+        _write(draw, items, state.records, out, lora, lora_name, values, collected)
+    wait_for_everyone()  # no process returns before the gallery and results.jsonl are written
+    result = GenerateResult(
+        out,
+        out / GALLERY_NAME,
+        out / RESULTS_NAME,
+        len(items),
+        collected.accepted,
+        collected.rejected,
+        drawn,
+        len(collected.ordered),
+        seconds,
+        collected.lines,
+        finished=len(pending),
+    )
+    if is_main_process():
+        print_summary(result)
     return result
 
 
@@ -134,7 +179,7 @@ def _draw(
     """Draw and judge the pending items, storing each attempt as it comes; how many attempts were drawn, and in
     how many seconds (once the models were loaded)."""
     critic = Critic.from_config(config, identity_required=False)
-    if critic.reference is None:
+    if critic.reference is None and is_main_process():
         warn(
             "identity will not be judged (no reference identity): an image that passes every other check is "
             "accepted and marked 'identity not judged'"
@@ -196,19 +241,18 @@ def _draw(
     return drawn, time.perf_counter() - started
 
 
-def _finish(
-    config: ZireliaConfig,
-    items: list[GenerationItem],
-    records: dict[str, list[dict[str, Any]]],
-    out: Path,
-    lora: LoraChoice,
-    lora_name: str,
-    values: dict[str, Any],
-    drawn: int,
-    seconds: float,
-) -> GenerateResult:
+@dataclass
+class _Collected:
+    """What the records of a request add up to (nothing written)."""
+
+    ordered: list[dict[str, Any]]
+    accepted: list[GeneratedImage]
+    rejected: list[dict[str, Any]]
+    lines: list[str]
+
+
+def _collect(items: list[GenerationItem], records: dict[str, list[dict[str, Any]]], out: Path) -> _Collected:
     ordered = [record for item in items for record in sorted(records.get(item.key, []), key=lambda r: r["attempt"])]
-    results_file = write_results(out, ordered)
     accepted: list[GeneratedImage] = []
     rejected: list[dict[str, Any]] = []
     for item in items:
@@ -231,15 +275,29 @@ def _finish(
             rejected.append(
                 attempts[-1] if attempts else {"item": item.key, "failures": [], "attempt": 0, "outcome": "not drawn"}
             )
-    lines = failure_lines(rejected, len(items))
+    return _Collected(ordered, accepted, rejected, failure_lines(rejected, len(items)))
+
+
+def _write(
+    config: ZireliaConfig,
+    items: list[GenerationItem],
+    records: dict[str, list[dict[str, Any]]],
+    out: Path,
+    lora: LoraChoice,
+    lora_name: str,
+    values: dict[str, Any],
+    collected: _Collected,
+) -> None:
+    """results.jsonl and the gallery."""
+    write_results(out, collected.ordered)
     summary = {
         "requested": len(items),
-        "accepted": len(accepted),
-        "attempts": len(ordered),
+        "accepted": len(collected.accepted),
+        "attempts": len(collected.ordered),
         "max_retries": config.critic.max_retries,
-        "failures": lines,
+        "failures": collected.lines,
     }
-    gallery = write_gallery(
+    write_gallery(
         out,
         config,
         items,
@@ -249,7 +307,3 @@ def _finish(
         command=invocation(),
         keep_rejected=config.generate.keep_rejected,
     )
-    result = GenerateResult(
-        out, gallery, results_file, len(items), accepted, rejected, drawn, len(ordered), seconds, lines
-    )
-    return result
