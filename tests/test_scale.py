@@ -228,3 +228,19 @@ def test_many_personas_run_in_turn_and_a_broken_one_does_not_stop_the_others(tmp
         report = tmp_path / name / "report" / "index.html"
         assert report.is_file() and str(report) in lines[name]
         assert "│ 1 " in lines[name]  # the best epoch (the only one)
+
+
+ANNOUNCE = """
+from zirelia_local.common.console import announce, announced
+announce("k", "SAID-ONCE-A-MACHINE")
+assert announced("k")  # remembered on every process, so no later stage repeats it
+"""
+
+
+@pytest.mark.parametrize(("local_rank", "said"), [("0", True), ("1", False)])
+def test_up_front_warnings_are_said_by_one_process_a_machine(local_rank, said):
+    # The launcher's environment of a process of a 4-process launch on 2 machines (no state is created).
+    env = {"WORLD_SIZE": "4", "RANK": str(2 + int(local_rank)), "LOCAL_RANK": local_rank, "COLUMNS": "200"}
+    result = run_cli(["-c", ANNOUNCE], env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ("SAID-ONCE-A-MACHINE" in result.stderr) is said

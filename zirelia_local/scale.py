@@ -70,7 +70,17 @@ def launch_argv(
 ) -> list[str]:
     """`accelerate launch` of the whole job (or of one `zirelia` `command`) on `num_processes` processes of this
     machine (the shortcut)."""
-    flags = ["--num_processes", str(num_processes), "--num_machines", "1", "--dynamo_backend", "no"]
+    # mixed precision "no": the pipelines set their own dtype ([generator] dtype); accelerate would warn otherwise
+    flags = [
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
     if num_processes > 1:
         flags.append("--multi_gpu")  # torchrun; on the CPU with ACCELERATE_USE_CPU (run_launched), gloo
     elif cpu:

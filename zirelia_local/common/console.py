@@ -21,6 +21,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from zirelia_local.common.processes import is_local_main_process
+
 console = Console(stderr=True, highlight=False)
 
 
@@ -38,9 +40,11 @@ _announced: set[str] = set()
 
 def announce(key: str, message: str) -> None:
     """Warn now and remember `key`, so that a stage which would find the same thing later need not say it
-    again (`announced`): the pre-flight warns at the start of the run, once."""
+    again (`announced`): the pre-flight warns at the start of the run, once. Under a launch of several
+    processes, once a machine: its other processes find the same thing and keep quiet."""
     _announced.add(key)
-    warn(message)
+    if is_local_main_process():
+        warn(message)
 
 
 def announced(key: str) -> bool:

@@ -66,6 +66,12 @@ def local_process_count() -> int:
     return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", launched_processes())))
 
 
+def is_local_main_process() -> bool:
+    """True on the first process of each machine of a launch (`LOCAL_RANK` 0); always True on one process.
+    Read from the launcher's environment, so asking creates no state."""
+    return not is_distributed() or os.environ.get("LOCAL_RANK", "0") == "0"
+
+
 def is_main_process() -> bool:
     """True on the process that writes the shared files (rank 0); always True on one process."""
     return process_index() == 0
