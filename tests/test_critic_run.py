@@ -87,7 +87,7 @@ def test_tiny_pipeline_with_two_lora_epochs_records_no_face_after_retries(tmp_pa
         assert "close-up portrait, face clearly visible" in retry["adjusted_prompt"]
         assert retry["attempt_seed"] != retry["seed"]
         assert any("no face found: added framing words" in change for change in retry["adjustments"])
-        assert retry["outcome"] == "rejected after 1 retries"
+        assert retry["outcome"] == "rejected after 1 retry"
 
     # The LoRA really was applied, and each epoch's differently: same prompt and seed, three different images.
     first = next(r for r in records if r["epoch"] == 1 and r["item"] == "p00_s1001" and r["attempt"] == 0)

@@ -122,7 +122,11 @@ def attempt_outcome(verdict: Verdict, number: int, retry: Attempt | None, max_re
     if retry is not None:
         return f"retry {retry.number} of {max_retries}"
     if number >= max_retries:
-        return f"rejected after {number} retries" if number else "rejected (no retries allowed)"
+        return (
+            f"rejected after {number} {'retry' if number == 1 else 'retries'}"
+            if number
+            else "rejected (no retries allowed)"
+        )
     return "rejected: no retry can help (" + ", ".join(verdict.failures) + ")"
 
 
