@@ -361,6 +361,24 @@ def test_device_rows(tmp_path: Path) -> None:
         assert "quantization fp8_storage" in twelve.detail and "pip install bitsandbytes" in twelve.fix
 
 
+def test_a_launch_of_more_processes_than_gpus_fails_the_device_row(tmp_path: Path, monkeypatch) -> None:
+    # The launcher's environment of a process of `accelerate launch --num_processes 4` on one machine (the GPUs
+    # are a list of what torch would report: there is no GPU here).
+    config = load_config(write_config(tmp_path))
+    config.generator.device = "auto"
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    two = [GpuInfo(0, "gpu", 80 * GIB, None), GpuInfo(1, "gpu", 80 * GIB, None)]
+    row = device_check(config, two)
+    assert row.status == "FAIL" and "4 processes on this machine but 2 GPU(s)" in row.detail
+    assert "at most 2 process(es)" in row.fix
+    config.generator.device = "cuda:0"  # every process on the one GPU it names: allowed
+    assert device_check(config, two).status != "FAIL"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two machines of two processes each
+    config.generator.device = "auto"
+    assert device_check(config, two).status != "FAIL"
+
+
 # --- generator model ----------------------------------------------------------------------------------------
 
 

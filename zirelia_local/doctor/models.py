@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from zirelia_local.common.config import GeneratorConfig, ZireliaConfig
+from zirelia_local.common.processes import local_process_count
 from zirelia_local.dataset.tiny_flux import is_builtin
 from zirelia_local.doctor.check import FACE_STAGES, GB, MODEL_STAGES, STAGES, Check, fail, ok, warn
 from zirelia_local.doctor.environment import mps_available
@@ -71,6 +72,15 @@ def device_check(config: ZireliaConfig, gpus: list[GpuInfo], stages: Collection[
             "device",
             f"[generator] device = {gen.device!r} but only {len(gpus)} GPU(s) are visible",
             "use cuda:0 .. cuda:N-1, or check CUDA_VISIBLE_DEVICES",
+        )
+    launched = local_process_count()
+    if launched > 1 and gpus and gen.device in ("auto", "cuda") and launched > len(gpus):
+        # each process of a launch takes cuda:<local rank> (common/processes.py)
+        return fail(
+            "device",
+            f"this launch runs {launched} processes on this machine but {len(gpus)} GPU(s) are visible",
+            f"launch at most {len(gpus)} process(es) a machine (--num-processes / accelerate --num_processes), "
+            "or check CUDA_VISIBLE_DEVICES",
         )
     if "train" in stages and config.train.num_processes > 1 and config.train.num_processes > len(gpus):
         return fail(
