@@ -337,7 +337,8 @@ def test_vram_check_uses_the_smallest_training_gpu_and_flags_a_preset_too_large(
 
 def test_gpu_rows() -> None:
     assert gpu_checks([], "no CUDA GPU visible", gpu_required="FLUX needs one")[0].status == "FAIL"
-    assert gpu_checks([], "no CUDA GPU visible", gpu_required=None)[0].status == "warn"
+    no_gpu = gpu_checks([], "no CUDA GPU visible", gpu_required=None)[0]
+    assert no_gpu.status == "warn" and "NVIDIA GPU" in no_gpu.fix  # a warning says what to do about it
     # A config that runs on the CPU (the demo) has nothing to warn about.
     assert gpu_checks([], "no CUDA GPU visible", gpu_required=None, for_config=True)[0].status == "ok"
     rows = gpu_checks([GpuInfo(0, "NVIDIA H100", 80 * GIB, 79 * GIB)], "CUDA 13.0 build, 1 GPU(s)", gpu_required="x")

@@ -123,6 +123,14 @@ def test_two_processes_leave_the_run_directory_one_process_leaves(tmp_path):
     launched = run_cli(launch(["-m", "zirelia_local.train", str(two)]), env=LAUNCH_ENV, timeout=900)
     assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
     assert launched.stderr.count("training once for the launch") == 1
+    # Each step's heading and the closing line are said once, not by every process.
+    assert launched.stderr.count("1/5 dataset") == 1 and launched.stderr.count("done. report") == 1
+    # The launch's pre-flight covered training: its child neither says nor records a skip.
+    assert "skipped" not in launched.stdout + launched.stderr
+    preflight = json.loads((tmp_path / "two" / "preflight.json").read_text())["stages"]
+    assert set(preflight) == {"dataset", "curate", "train", "critic", "report"}
+    assert all(entry["status"].startswith("passed") for entry in preflight.values()), preflight
+    assert preflight["train"]["command"] == "python -m zirelia_local.train"
 
     first, second = tmp_path / "one", tmp_path / "two"
     # Same images byte for byte (4 drawn, 2 per process), the same manifest rows in plan order, captions.

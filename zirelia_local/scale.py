@@ -54,9 +54,8 @@ def train_once(config: ZireliaConfig) -> None:
 def _train_in_child(config: ZireliaConfig) -> str | None:
     if config.source is None or not config.source.is_file():
         return "training under a launch of several processes needs the config as a file"
-    # --skip-checks: the launch checked every stage before it began
+    # No pre-flight in the child: the launch checked every stage before it began (pipeline.run_checked)
     argv = [sys.executable, "-m", "zirelia_local", "train", str(config.source), "--run-dir", str(config.run_dir)]
-    argv += ["--skip-checks"]
     if config.train.backend == "kohya" and config.train.num_processes == 1 and local_process_count() > 1:
         argv += ["--num-processes", str(local_process_count())]
     env = single_process_env() | {LOCK_HELD_ENV: str(config.run_dir.resolve())}

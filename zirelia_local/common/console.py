@@ -27,11 +27,22 @@ console = Console(stderr=True, highlight=False)
 
 
 def info(message: str) -> None:
-    console.print(message)
+    """Say how the work goes. Under a launch of several processes every process of a machine does the same
+    steps (each on its share of the images): its first process speaks for them. Warnings and errors are each
+    process's own and always printed."""
+    if is_local_main_process():
+        console.print(message)
 
 
 def warn(message: str) -> None:
     console.print(f"[yellow]warning:[/yellow] {message}")
+
+
+def heading(title: str) -> None:
+    """A rule across the terminal that names a step of the job. Under a launch of several processes every
+    process goes through the same steps: the machine's first one says so, once."""
+    if is_local_main_process():
+        console.rule(title)
 
 
 # Keys of what has been warned about up front in this process (the pre-flight's warnings, by check name).
@@ -85,9 +96,11 @@ def progress_bar(
 
     `show_rate=False` leaves out rich's own rate (a recent average), for a caller that quotes its own figure
     in the status (training: the median step time). Disabled (silent) when ZIRELIA_NO_PROGRESS is set, e.g. in
-    logs of batch jobs.
+    logs of batch jobs, and on the other processes of a launch.
     """
-    disabled = bool(os.environ.get("ZIRELIA_NO_PROGRESS"))
+    # Under a launch, one bar a machine (its first process's share): bars of several processes would overwrite
+    # each other's lines.
+    disabled = bool(os.environ.get("ZIRELIA_NO_PROGRESS")) or not is_local_main_process()
     columns = [
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),

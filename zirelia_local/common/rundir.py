@@ -121,6 +121,12 @@ def prepare_run_dir(config: ZireliaConfig) -> Path:
     return run_dir
 
 
+def lock_held_by_parent(run_dir: Path) -> bool:
+    """Whether this process is a child that the main process of a launch started under its lock on `run_dir`
+    (scale.py): that process has taken the lock and run the pre-flight for the whole job."""
+    return os.environ.get(LOCK_HELD_ENV) == str(run_dir.resolve())
+
+
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on the run directory; a second process on the same run fails at once.
@@ -130,7 +136,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     the main process starts under its lock (`LOCK_HELD_ENV` names the run directory) takes none.
     """
     ensure_run_dir(run_dir)
-    if os.environ.get(LOCK_HELD_ENV) == str(run_dir.resolve()):
+    if lock_held_by_parent(run_dir):
         yield
         return
     if not is_main_process():

@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.console import info, progress_bar
+from zirelia_local.common.processes import is_distributed
 from zirelia_local.critic.judge import Critic
 from zirelia_local.critic.renderers import EvaluationRenderer
 from zirelia_local.critic.retry import Attempt, first_attempt, next_attempt
@@ -180,6 +181,8 @@ def _log_round(
     else:
         number = numbers.pop() if numbers else 0
         round_name = "first attempts" if number == 0 else f"retry {number}/{max_retries}"
+    if is_distributed():  # each process judges its share; the first one of the machine speaks (`info`)
+        round_name += " (this process's share)"
     if not rejected:
         info(f"{label}, {round_name}: all {len(judged)} accepted")
         return

@@ -146,6 +146,13 @@ def mps_available() -> bool:
         return False
 
 
+#: Where FLUX.1-dev runs (the fix of the cuda row).
+GPU_MACHINE = (
+    "a machine with an NVIDIA GPU and a CUDA build of PyTorch that matches its driver (`nvidia-smi` shows the "
+    "driver; docker/README.md for a rented box)"
+)
+
+
 def gpu_checks(gpus: list[GpuInfo], summary: str, *, gpu_required: str | None, for_config: bool = False) -> list[Check]:
     """One row for CUDA, one per GPU. `gpu_required` says why the configured run needs one (None: it does not);
     `for_config`: the rows are for a config (whose run, when no GPU is required, is fine on the CPU)."""
@@ -157,12 +164,16 @@ def gpu_checks(gpus: list[GpuInfo], summary: str, *, gpu_required: str | None, f
                 fail(
                     "cuda",
                     f"{summary}; {gpu_required}",
-                    "run on a machine with an NVIDIA GPU and a CUDA build of PyTorch that matches its driver "
-                    "(`nvidia-smi` shows the driver; docker/README.md for a rented box), or use configs/demo.toml "
-                    "on CPU",
+                    f"run on {GPU_MACHINE}, or use configs/demo.toml on CPU",
                 )
             ]
-        return [warn("cuda", f"{summary}; only the CPU demo (configs/demo.toml) runs here")]
+        return [
+            warn(
+                "cuda",
+                f"{summary}; only the CPU demo (configs/demo.toml) runs here",
+                f"for FLUX.1-dev, run on {GPU_MACHINE}",
+            )
+        ]
     rows = [ok("cuda", summary)]
     for gpu in gpus:
         free = f", {gpu.free_bytes / GIB:.1f} GiB free" if gpu.free_bytes is not None else ""

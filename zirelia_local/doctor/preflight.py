@@ -32,7 +32,6 @@ from zirelia_local.common.config import ZireliaConfig
 from zirelia_local.common.console import announce, info
 from zirelia_local.common.errors import ZireliaError
 from zirelia_local.common.files import atomic_write_json, read_json_object
-from zirelia_local.common.processes import is_local_main_process
 from zirelia_local.common.rundir import PREFLIGHT_NAME
 from zirelia_local.doctor.check import STAGES, Check, selected_stages
 from zirelia_local.doctor.table import collect_checks
@@ -83,8 +82,7 @@ def run_preflight(config: ZireliaConfig, stages: Sequence[str], *, skip: bool = 
     named = selected_stages(stages)  # a typo in a stage name is a bug here, not a silent empty check
     chosen = tuple(stage for stage in STAGES if stage in named)
     if skip:
-        if is_local_main_process():
-            info(f"pre-flight checks skipped ({SKIP_FLAG}); the report will say so")
+        info(f"pre-flight checks skipped ({SKIP_FLAG}); the report will say so")
         return Preflight(chosen, skipped=True)
     started = time.perf_counter()
     checks = tuple(collect_checks(config, stages=chosen, stop_early=True))
@@ -102,8 +100,8 @@ def run_preflight(config: ZireliaConfig, stages: Sequence[str], *, skip: bool = 
             "anyway, at your own risk",
         )
     tail = f", {len(result.warnings)} warning(s)" if result.warnings else ""
-    if is_local_main_process():  # every process checks its own device; a machine's first one says it passed
-        info(f"pre-flight: {len(checks)} checks for {', '.join(chosen)} passed in {seconds:.1f} s{tail}")
+    # every process checks its own device; a machine's first one says it passed (`info`)
+    info(f"pre-flight: {len(checks)} checks for {', '.join(chosen)} passed in {seconds:.1f} s{tail}")
     return result
 
 
