@@ -240,7 +240,7 @@ def test_images_into_a_run_dir_with_a_generated_dataset_is_refused(tmp_path):
     folder = make_folder(tmp_path / "photos", {"n.png": noise(256, seed=2)})
     with pytest.raises(ZireliaError, match="already holds a generated dataset") as caught:
         run_curate(config, images_dir=folder)
-    assert "--run-dir" in caught.value.hint
+    assert "--run-dir" in caught.value.hint and caught.value.exit_code == 2  # README: --images problems exit 2
 
 
 def test_top_up_rounds_generate_new_seeds_then_stop_with_the_numbers(tmp_path, tiny_pipe, embedder):

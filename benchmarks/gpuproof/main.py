@@ -65,7 +65,11 @@ class Options:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="gpu_proof.py", description=(REPO / "benchmarks" / "gpu_proof.py").name)
+    parser = argparse.ArgumentParser(
+        prog="gpu_proof.py",
+        description="Measure every stage on one CUDA GPU with FLUX.1-dev-shaped random weights (no network, no "
+        "weights needed); --tiny runs every section on the builtin tiny model on the CPU.",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="reduced set, at most 8 minutes on an H100 (default)")
     mode.add_argument("--full", action="store_true", help="every case of every section")

@@ -40,8 +40,8 @@ def import_images(config: ZireliaConfig, run_dir: Path, folder: Path) -> tuple[M
     files = _image_files(folder)
     manifest = Manifest(run_dir)
     planned = [record for record in manifest if record.get("origin") != INPUT_ORIGIN]
-    if planned:
-        raise ZireliaError(
+    if planned:  # the command line asks for two datasets in one run directory: a usage error (exit 2)
+        raise UsageError(
             f"{run_dir} already holds a generated dataset ({len(planned)} image record(s)); `--images` curates "
             "your own folder in a run directory of its own",
             hint=f"add --run-dir runs/{config.persona.trigger_word}-photos (or any new folder)",
