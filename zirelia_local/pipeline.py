@@ -70,7 +70,8 @@ def run_pipeline(config: ZireliaConfig) -> Path:
     heading("4/5 critic: score the epochs, pick the best")
     run_critic(config)
     heading("5/5 report")
-    report = write_report(config) if is_main_process() else config.run_dir / "report" / "index.html"
-    if is_main_process():
-        info(f"[bold]done.[/bold] report: {report}")
+    if not is_main_process():  # the main process writes the report, and says it is done
+        return config.run_dir / "report" / "index.html"
+    report = write_report(config)
+    info(f"[bold]done.[/bold] report: {report}")
     return report

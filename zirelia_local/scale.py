@@ -26,13 +26,13 @@ from zirelia_local.common.console import console, info
 from zirelia_local.common.errors import ConfigError, ZireliaError
 from zirelia_local.common.files import read_json_object
 from zirelia_local.common.processes import (
-    LOCK_HELD_ENV,
     broadcast_json,
     is_distributed,
     is_main_process,
     local_process_count,
     single_process_env,
 )
+from zirelia_local.common.rundir import lock_passed_to_child
 
 
 def train_once(config: ZireliaConfig) -> None:
@@ -58,7 +58,7 @@ def _train_in_child(config: ZireliaConfig) -> str | None:
     argv = [sys.executable, "-m", "zirelia_local", "train", str(config.source), "--run-dir", str(config.run_dir)]
     if config.train.backend == "kohya" and config.train.num_processes == 1 and local_process_count() > 1:
         argv += ["--num-processes", str(local_process_count())]
-    env = single_process_env() | {LOCK_HELD_ENV: str(config.run_dir.resolve())}
+    env = single_process_env() | lock_passed_to_child(config.run_dir)
     info(f"training once for the launch's processes: {' '.join(argv[1:])}")
     code = subprocess.run(argv, env=env, check=False).returncode
     return None if code == 0 else f"training stopped with exit code {code}"

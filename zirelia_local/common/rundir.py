@@ -121,10 +121,16 @@ def prepare_run_dir(config: ZireliaConfig) -> Path:
     return run_dir
 
 
+def lock_passed_to_child(run_dir: Path) -> dict[str, str]:
+    """The environment entry with which the lock holder starts a child that works under its lock on `run_dir`
+    (scale.py's training child): the child takes no lock and runs no pre-flight (`lock_held_by_parent`)."""
+    return {LOCK_HELD_ENV: str(run_dir.resolve())}
+
+
 def lock_held_by_parent(run_dir: Path) -> bool:
     """Whether this process is a child that the main process of a launch started under its lock on `run_dir`
     (scale.py): that process has taken the lock and run the pre-flight for the whole job."""
-    return os.environ.get(LOCK_HELD_ENV) == str(run_dir.resolve())
+    return os.environ.get(LOCK_HELD_ENV) == lock_passed_to_child(run_dir)[LOCK_HELD_ENV]
 
 
 @contextmanager
